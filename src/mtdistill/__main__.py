@@ -1,0 +1,3 @@
+from mtdistill.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""Models: VocaLiST / MTDVocaLiST, SyncNet, MulT."""
+
+from mtdistill.models.vocalist import STUDENT, TEACHER, TINY, SyncOutput, VocaLiST, VocaLiSTConfig
+
+__all__ = ["VocaLiST", "VocaLiSTConfig", "SyncOutput", "TEACHER", "STUDENT", "TINY", "MulT"]
+
+
+def __getattr__(name: str):  # MulT is imported on first use: most users never need it
+    if name == "MulT":
+        from mtdistill.models.mult import MulT
+
+        return MulT
+    raise AttributeError(name)
