@@ -46,8 +46,10 @@ def _inputs(b: int = 2, frames: int = 5, seed: int = 0) -> tuple[torch.Tensor, t
 
 @pytest.mark.parametrize(
     ("factory", "ref", "count_key"),
-    [(VocaLiST.teacher, "vocalist_state_dict.json", "vocalist_teacher"),
-     (VocaLiST.student, "mtdvocalist_student_state_dict.json", "mtdvocalist_student")],
+    [
+        (VocaLiST.teacher, "vocalist_state_dict.json", "vocalist_teacher"),
+        (VocaLiST.student, "mtdvocalist_student_state_dict.json", "mtdvocalist_student"),
+    ],
 )
 def test_keys_shapes_counts_match_official(factory, ref, count_key):
     model = factory()
@@ -130,7 +132,7 @@ def test_head_ordering_is_fairseq(tiny):
         k_in = enc.layers[0].layer_norms[0](enc.embed(xk))
         d, h, hd = 32, 8, 4
         q = F.linear(q_in, attn.in_proj_weight[:d], attn.in_proj_bias[:d]) * hd**-0.5
-        k = F.linear(k_in, attn.in_proj_weight[d:2 * d], attn.in_proj_bias[d:2 * d])
+        k = F.linear(k_in, attn.in_proj_weight[d : 2 * d], attn.in_proj_bias[d : 2 * d])
         qf = q.contiguous().view(5, 2 * h, hd).transpose(0, 1)
         kf = k.contiguous().view(16, 2 * h, hd).transpose(0, 1)
         logits = torch.bmm(qf, kf.transpose(1, 2)) + offset_future_mask(5, 16)
@@ -222,8 +224,12 @@ def test_official_formats_load_strictly(tmp_path, student):
     with torch.no_grad():
         want = ref(video, mel)
     variants = {
-        "vocalist.pth": {"state_dict": sd, "optimizer": {"state": {}, "param_groups": []}, "global_step": 5,
-                         "global_epoch": 1},
+        "vocalist.pth": {
+            "state_dict": sd,
+            "optimizer": {"state": {}, "param_groups": []},
+            "global_step": 5,
+            "global_epoch": 1,
+        },
         "pure.pth": {"state_dict": sd},
         "ddp.pth": {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
         "bare.pth": sd,
@@ -256,8 +262,12 @@ def test_training_checkpoint_with_objects_loads_without_running_code(tmp_path):
     model = VocaLiST.tiny()
     marker = Path("/tmp/mtdistill_pwned_marker")
     marker.unlink(missing_ok=True)
-    ckpt = {"state_dict": _official_like(model), "aw_loss": {"params": torch.ones(13)},
-            "scheduler": {"after_scheduler": _Scheduler(), "evil": _Evil()}, "lr": 5e-5}
+    ckpt = {
+        "state_dict": _official_like(model),
+        "aw_loss": {"params": torch.ones(13)},
+        "scheduler": {"after_scheduler": _Scheduler(), "evil": _Evil()},
+        "lr": 5e-5,
+    }
     torch.save(ckpt, tmp_path / "mtd_train.pth", pickle_protocol=pickle.HIGHEST_PROTOCOL)
     marker.unlink(missing_ok=True)  # torch.save does not run __reduce__'s callable, but be sure
     # tiny is not an official size, so loading must refuse it with one line - after reading it safely
@@ -268,8 +278,10 @@ def test_training_checkpoint_with_objects_loads_without_running_code(tmp_path):
 
 def test_training_checkpoint_student_loads(tmp_path, student):
     sd = _official_like(student, seed=3)
-    torch.save({"state_dict": sd, "aw_loss": {"params": torch.ones(25)}, "scheduler": {"x": _Scheduler()}},
-               tmp_path / "best.pth")
+    torch.save(
+        {"state_dict": sd, "aw_loss": {"params": torch.ones(25)}, "scheduler": {"x": _Scheduler()}},
+        tmp_path / "best.pth",
+    )
     model = VocaLiST.from_checkpoint(tmp_path / "best.pth", preset="mtd")
     assert torch.equal(model.state_dict()["fc.weight"], sd["fc.weight"])
 

@@ -9,8 +9,21 @@ import sys
 from mtdistill.errors import UserError
 
 COMMANDS = (
-    "demo", "synth", "prepare", "train", "distill", "evaluate", "report", "experiment",
-    "sync", "score", "fix", "export", "weights", "bench",
+    "demo",
+    "synth",
+    "prepare",
+    "train",
+    "distill",
+    "evaluate",
+    "report",
+    "experiment",
+    "sync",
+    "score",
+    "fix",
+    "export",
+    "weights",
+    "bench",
+    "mult",
 )
 
 

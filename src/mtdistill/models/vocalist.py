@@ -85,6 +85,7 @@ class ConvBlock(nn.Module):
 
 # (cin index, cout index, kernel, stride, padding, residual); index -1 = input channels, i = widths[i]
 # Conv3d axes are (image H, image W, time): time is never strided, so one token per frame (spec 1.3).
+# fmt: off
 _VIDEO_LAYERS = [
     (-1, 0, 7, 1, 3, False), (0, 1, 5, (1, 2, 1), (1, 1, 2), False), (1, 1, 3, 1, 1, True), (1, 1, 3, 1, 1, True),
     (1, 2, 3, (2, 2, 1), 1, False), (2, 2, 3, 1, 1, True), (2, 2, 3, 1, 1, True), (2, 2, 3, 1, 1, True),
@@ -100,20 +101,22 @@ _AUDIO_LAYERS = [
     (2, 3, 3, (3, 1), 1, False), (3, 3, 3, 1, 1, True), (3, 3, 3, 1, 1, True),
     (3, 4, 3, 1, (0, 1), False), (4, 4, 1, 1, 0, False),
 ]
+# fmt: on
 
 
 def _prenet(spec: list, widths: tuple[int, ...], in_ch: int, conv: type, bn: type) -> nn.Sequential:
     chans = lambda i: in_ch if i < 0 else widths[i]  # noqa: E731
-    return nn.Sequential(*(
-        ConvBlock(conv(chans(ci), chans(co), k, s, p), bn(chans(co)), res) for ci, co, k, s, p, res in spec
-    ))
+    return nn.Sequential(
+        *(ConvBlock(conv(chans(ci), chans(co), k, s, p), bn(chans(co)), res) for ci, co, k, s, p, res in spec)
+    )
 
 
 class VocaLiST(nn.Module):
     """The VocaLiST synchronisation model; ``teacher()`` and ``student()`` give the two published sizes."""
 
-    def __init__(self, config: VocaLiSTConfig = TEACHER, preset: str | None = None,
-                 quirks: Quirks | None = None) -> None:
+    def __init__(
+        self, config: VocaLiSTConfig = TEACHER, preset: str | None = None, quirks: Quirks | None = None
+    ) -> None:
         super().__init__()
         if preset is not None and preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -121,12 +124,22 @@ class VocaLiST(nn.Module):
         self.vid_prenet = _prenet(_VIDEO_LAYERS, config.widths, 3, nn.Conv3d, nn.BatchNorm3d)
         self.aud_prenet = _prenet(_AUDIO_LAYERS, config.widths, 1, nn.Conv2d, nn.BatchNorm2d)
         for name in _BLOCK_ATTR.values():
-            setattr(self, name, CrossModalEncoder(
-                config.d_model, config.heads, config.layers, attn_dropout=config.attn_dropout,
-                relu_dropout=config.relu_dropout, res_dropout=config.res_dropout,
-                embed_dropout=config.embed_dropout, attn_mask=self.quirks.va_future_mask,
-                ffn_mult=config.ffn_mult, data_dependent_pe=self.quirks.data_dependent_pe,
-            ))
+            setattr(
+                self,
+                name,
+                CrossModalEncoder(
+                    config.d_model,
+                    config.heads,
+                    config.layers,
+                    attn_dropout=config.attn_dropout,
+                    relu_dropout=config.relu_dropout,
+                    res_dropout=config.res_dropout,
+                    embed_dropout=config.embed_dropout,
+                    attn_mask=self.quirks.va_future_mask,
+                    ffn_mult=config.ffn_mult,
+                    data_dependent_pe=self.quirks.data_dependent_pe,
+                ),
+            )
         # Only va_transformer's mask bites (av/fusion have Tq > Tk, so nothing is masked): see spec 1.7.
         self.fc = nn.Linear(config.d_model, config.d_model)
         self.activ1 = nn.Tanh()
@@ -203,8 +216,12 @@ class VocaLiST(nn.Module):
             "config": asdict(self.config),
             "preset": self.preset,
             "quirks": asdict(self.quirks),
-            "provenance": {"mtdistill": __version__, "torch": torch.__version__,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})},
+            "provenance": {
+                "mtdistill": __version__,
+                "torch": torch.__version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(extra or {}),
+            },
         }
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         path = Path(path)
@@ -235,8 +252,10 @@ class VocaLiST(nn.Module):
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in expected]
         if bad or missing or unexpected:
-            detail = (f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected "
-                      f"(e.g. {unexpected[:1]}), {len(bad)} with other shapes (e.g. {bad[:1]})")
+            detail = (
+                f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:1]}), {len(bad)} with other shapes (e.g. {bad[:1]})"
+            )
             raise UserError(f"{path}: weights fit neither the VocaLiST teacher nor the MTDVocaLiST student: {detail}")
         model.load_state_dict(state, strict=True)
         return model.eval()
@@ -267,7 +286,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             # DataParallel / DDP / Lightning prefixes
             for prefix in ("module.", "model.", "student."):
                 if all(k.startswith(prefix) for k in state):
-                    state = {k[len(prefix):]: v for k, v in state.items()}
+                    state = {k[len(prefix) :]: v for k, v in state.items()}
             return state, meta
     raise UserError(f"{path}: no model weights found (expected a state_dict or {{'state_dict': ...}})")
 
@@ -295,10 +314,14 @@ def infer_config(state: dict[str, Tensor], path: str | Path = "checkpoint") -> V
         ffn = int(state["av_transformer.layers.0.fc1.weight"].shape[0]) // d_model
         layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("av_transformer.layers."))
     except (KeyError, IndexError, ValueError):
-        raise UserError(f"{path}: not a VocaLiST / MTDVocaLiST state_dict (expected keys such as "
-                        "vid_prenet.0.conv_block.0.weight and fc.weight)") from None
+        raise UserError(
+            f"{path}: not a VocaLiST / MTDVocaLiST state_dict (expected keys such as "
+            "vid_prenet.0.conv_block.0.weight and fc.weight)"
+        ) from None
     for known in (TEACHER, STUDENT):  # official files come in these two sizes only
         if (widths, d_model, layers, ffn) == (known.widths, known.d_model, known.layers, known.ffn_mult):
             return known
-    raise UserError(f"{path}: weights fit neither the VocaLiST teacher (d_model 512) nor the MTDVocaLiST student "
-                    f"(d_model 200): found d_model {d_model}, conv widths {widths}")
+    raise UserError(
+        f"{path}: weights fit neither the VocaLiST teacher (d_model 512) nor the MTDVocaLiST student "
+        f"(d_model 200): found d_model {d_model}, conv widths {widths}"
+    )

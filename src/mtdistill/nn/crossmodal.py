@@ -135,8 +135,9 @@ class CrossModalAttention(nn.Module):
 class CrossModalLayer(nn.Module):
     """Pre-LN layer: x + Attn(LN0(x), LN0(k), LN0(v)), then x + FFN(LN1(x))."""
 
-    def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float,
-                 ffn_mult: int = 4) -> None:
+    def __init__(
+        self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float, ffn_mult: int = 4
+    ) -> None:
         super().__init__()
         self.self_attn = CrossModalAttention(dim, heads, attn_dropout)
         self.fc1 = nn.Linear(dim, ffn_mult * dim)
@@ -147,8 +148,9 @@ class CrossModalLayer(nn.Module):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
 
-    def forward(self, x: Tensor, k: Tensor | None, v: Tensor | None, mask: Tensor | None,
-                capture: EncoderCapture | None) -> Tensor:
+    def forward(
+        self, x: Tensor, k: Tensor | None, v: Tensor | None, mask: Tensor | None, capture: EncoderCapture | None
+    ) -> Tensor:
         residual = x
         x = self.layer_norms[0](x)
         if k is None:  # self-attention (MulT memory transformer): K/V follow the updated query stream
