@@ -240,7 +240,8 @@ def test_official_formats_load_strictly(tmp_path, student):
         model = VocaLiST.from_checkpoint(tmp_path / name)
         assert not model.training and model.preset is None and model.config.d_model == 200
         got = model.state_dict()
-        assert all(torch.equal(got[k], sd[k]) for k in sd), name
+        fairseq_buffers = ("version", "_float_tensor")
+        assert all(torch.equal(got[k], sd[k]) for k in sd if not k.endswith(fairseq_buffers)), name
     with torch.no_grad():
         assert torch.equal(model(video, mel), want)
     assert VocaLiST.from_checkpoint(tmp_path / "pure.pth", preset="mtd").preset == "mtd"

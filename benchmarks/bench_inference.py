@@ -1,0 +1,254 @@
+"""Sync tool speed and memory, ONNX / int8 latency and agreement (run by hand; results in RESULTS.md).
+
+    python benchmarks/bench_inference.py rtf        [--realvideos DIR] [--checkpoint CKPT --preset P] [--stride 5]
+    python benchmarks/bench_inference.py latency    [--checkpoint CKPT]
+    python benchmarks/bench_inference.py int8       [--checkpoint CKPT] [--clips 6]
+    python benchmarks/bench_inference.py rss        [--minutes 10] [--stride 5]
+    python benchmarks/bench_inference.py calibrate  --checkpoint CKPT [--clips 12]
+
+Without --checkpoint the student / teacher have random weights: speed and memory do not depend on the weights,
+accuracy does (the int8 run then reports agreement of the chosen offsets between fp32 and int8 instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REALVIDEOS = Path(__file__).resolve().parents[2] / "shared" / "realvideos"
+
+
+def _model(args, which: str = "student"):
+    from mtdistill.models import VocaLiST
+
+    if getattr(args, "checkpoint", None):
+        return VocaLiST.from_checkpoint(args.checkpoint, preset=args.preset)
+    torch.manual_seed(0)
+    return getattr(VocaLiST, which)(preset="mtd").eval()
+
+
+def bench_rtf(args) -> dict:
+    """End-to-end sync (decode + faces + crops + model) real-time factor on the real clips."""
+    from mtdistill.inference.sync import sync_video
+
+    model = _model(args)
+    rows = []
+    for clip in sorted(Path(args.realvideos).glob("*.mp4")):
+        t0 = time.perf_counter()
+        try:
+            res = sync_video(clip, model, stride=args.stride)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            rows.append({"clip": clip.name, "error": str(exc)})
+            continue
+        wall = time.perf_counter() - t0
+        rows.append(
+            {
+                "clip": clip.name,
+                "duration_s": round(res.duration_s, 2),
+                "wall_s": round(wall, 2),
+                "rtf": round(wall / res.duration_s, 3),
+                "faces_s": res.timing.get("faces_s"),
+                "crops_and_model_s": res.timing.get("crops_and_model_s"),
+                "tracks": len(res.tracks),
+                "windows": sum(t.n_windows for t in res.tracks),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    ok = [r for r in rows if "rtf" in r]
+    total = sum(r["wall_s"] for r in ok) / max(sum(r["duration_s"] for r in ok), 1e-9)
+    return {"stride": args.stride, "clips": rows, "rtf_overall": round(total, 3)}
+
+
+def _time(fn, repeat: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_latency(args) -> dict:
+    """One window's 31 candidates (batch 31, full model) and the factorised cost per window, per backend."""
+    from mtdistill.inference.onnx_export import export_onnx, int8_path
+    from mtdistill.inference.onnx_runtime import load_onnx_model
+
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(31, 15, 48, 96, generator=g) * 255
+    mel = torch.rand(31, 1, 80, 16, generator=g) * 8 - 4
+    out = {}
+    student = _model(args, "student")
+    models = {"teacher (torch)": _model(argparse.Namespace(checkpoint=None), "teacher"), "student (torch)": student}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "student.onnx"
+        export_onnx(student, path, int8=True)
+        models["student (onnx fp32)"] = load_onnx_model(path)
+        models["student (onnx int8)"] = load_onnx_model(int8_path(path))
+        for name, m in models.items():
+            with torch.inference_mode():
+                full = _time(lambda m=m: m(video, mel))
+                vt = m.encode_video(video[:1])
+                at = m.encode_audio(mel)
+                fact = _time(
+                    lambda m=m, vt=vt, at=at: (
+                        m.encode_video(video[:1]),
+                        m.encode_audio(mel[:1]),
+                        m.backend(vt.expand(-1, 31, -1).contiguous(), at),
+                    )
+                )
+            out[name] = {"full_31_pairs_ms": round(1000 * full, 1), "factorised_per_window_ms": round(1000 * fact, 1)}
+            print(name, out[name], flush=True)
+    return out
+
+
+def _synthetic_utterances(n: int, seed0: int = 700):
+    """(frames float in the mtd preset, mel, n_samples) of n synthetic in-sync clips through the real pipeline."""
+    from mtdistill.audio import load_audio, utterance_mel
+    from mtdistill.data.synthetic import make_talking_video
+    from mtdistill.models.presets import frames_to_input
+    from mtdistill.video import mouth_crops
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            p = Path(tmp) / f"u{i}.mp4"
+            make_talking_video(p, seed=seed0 + i, duration_s=3.0, offset_frames=0)
+            crops = mouth_crops(p)[0].crops
+            wave = load_audio(p)
+            out.append((frames_to_input(crops, "mtd"), utterance_mel(wave), len(wave)))
+    return out
+
+
+def bench_int8(args) -> dict:
+    """Protocol accuracy (K=5, 15) fp32 vs int8 (matmuls only, and matmuls + convs) on synthetic utterances."""
+    from mtdistill.evaluation.protocol import score_utterance
+    from mtdistill.inference.onnx_export import QUANT_OP_TYPES, export_onnx, quantize_int8
+    from mtdistill.inference.onnx_runtime import load_onnx_model
+
+    model = _model(args)
+    utts = _synthetic_utterances(args.clips)
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(model, path, split=True)
+        from mtdistill.inference.onnx_export import split_paths
+
+        variants = {"torch fp32": model, "onnx fp32": load_onnx_model(path)}
+        for tag, ops in (("int8 matmul", QUANT_OP_TYPES), ("int8 matmul+conv", (*QUANT_OP_TYPES, "Conv"))):
+            q = Path(tmp) / f"{tag.replace(' ', '_').replace('+', '_')}.onnx"
+            quantize_int8(path, q, ops)
+            for name, part in split_paths(path).items():
+                quantize_int8(part, split_paths(q)[name], ops)
+            variants[tag] = load_onnx_model(q)
+        ref_offsets = None
+        for name, m in variants.items():
+            accs, offs, logits = [], [], []
+            for frames, mel, n in utts:
+                s = score_utterance(m, frames, mel, lengths=(5, 15), n_samples=n)
+                accs.append(s.accuracy)
+                offs.append(np.concatenate([s.offsets[5], s.offsets[15]]))
+                logits.append(s.logits.ravel())
+            offs_all, logit_all = np.concatenate(offs), np.concatenate(logits)
+            if ref_offsets is None:
+                ref_offsets, ref_logits = offs_all, logit_all
+            res[name] = {
+                "acc_k5": round(100 * float(np.mean([a[5] for a in accs])), 2),
+                "acc_k15": round(100 * float(np.mean([a[15] for a in accs])), 2),
+                "offset_agreement_pct": round(100 * float(np.mean(offs_all == ref_offsets)), 2),
+                "max_abs_logit_diff": round(float(np.abs(logit_all - ref_logits).max()), 5),
+            }
+            print(name, res[name], flush=True)
+    return res
+
+
+def bench_rss(args) -> dict:
+    """Peak RSS of `mtdistill sync` (student, stride s) on a long synthetic video, in a fresh process."""
+    from mtdistill.data.synthetic import make_talking_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "long.mp4"
+        t0 = time.perf_counter()
+        make_talking_video(clip, seed=1, duration_s=60.0 * args.minutes, offset_frames=0)
+        made = time.perf_counter() - t0
+        ckpt = _model(args).save_checkpoint(Path(tmp) / "student.safetensors")
+        cmd = [sys.executable, "-m", "mtdistill", "sync", str(clip), "--checkpoint", str(ckpt), "--json",
+               "--stride", str(args.stride)]  # fmt: skip
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    data = json.loads(proc.stdout)
+    return {
+        "minutes": args.minutes,
+        "stride": args.stride,
+        "make_video_s": round(made, 1),
+        "sync_wall_s": round(wall, 1),
+        "rtf": round(wall / data["duration_s"], 3),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "windows": data["tracks"][0]["n_windows"] if data["tracks"] else 0,
+    }
+
+
+def bench_calibrate(args) -> dict:
+    """Confidence of in-sync / shifted clips versus clips with another clip's audio (no true offset)."""
+    from mtdistill.data.synthetic import make_talking_video, talking_clip, write_mp4
+    from mtdistill.inference.sync import sync_video
+
+    model = _model(args)
+    matched, mismatched = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.clips):
+            k = int(np.random.default_rng(i).integers(-8, 9))
+            p = Path(tmp) / f"c{i}.mp4"
+            make_talking_video(p, seed=900 + i, duration_s=4.0, offset_frames=k)
+            t = sync_video(p, model, stride=1).main_track()
+            matched.append({"k": k, "est": t.offset_frames, "conf": round(t.confidence, 3)})
+            a, b = talking_clip(900 + i, 4.0), talking_clip(5000 + i, 4.0)
+            q = Path(tmp) / f"m{i}.mp4"
+            write_mp4(q, a.frames, b.audio)
+            mismatched.append({"conf": round(sync_video(q, model, stride=1).main_track().confidence, 3)})
+            print(matched[-1], mismatched[-1], flush=True)
+    hi = max(m["conf"] for m in mismatched)
+    ok = [m["conf"] for m in matched if abs(m["est"] - m["k"]) <= 1]
+    return {
+        "matched": matched,
+        "mismatched": mismatched,
+        "max_mismatched_conf": hi,
+        "suggested_min_confidence": round(hi * 1.1, 3),
+        "matched_correct_above": sum(c >= hi * 1.1 for c in ok),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("rtf", "latency", "int8", "rss", "calibrate"))
+    p.add_argument("--realvideos", default=str(REALVIDEOS))
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--preset", default=None)
+    p.add_argument("--stride", type=int, default=5)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--clips", type=int, default=6)
+    p.add_argument("--json", default=None, help="also write the result here")
+    args = p.parse_args()
+    result = {"bench_rtf": bench_rtf, "latency": bench_latency, "int8": bench_int8, "rss": bench_rss,
+              "calibrate": bench_calibrate}["bench_rtf" if args.what == "rtf" else args.what](args)  # fmt: skip
+    result = {"what": args.what, "torch_threads": torch.get_num_threads(), **result}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

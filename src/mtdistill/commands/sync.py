@@ -1,0 +1,94 @@
+"""`mtdistill sync VIDEO`: audio-visual offset, confidence and verdict per face track."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "estimate the audio-visual offset of a video per face track (offset, confidence, verdict; --json, --plot)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose and run the scoring model (shared by sync, score and fix --offset auto)."""
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="VocaLiST / MTDVocaLiST checkpoint (ours or official), or syncnet_v2.model with --model syncnet",
+    )
+    g.add_argument(
+        "--preset",
+        choices=("vocalist", "mtd"),
+        default=None,
+        help="input preset; required for official files (vocalist_5f_lrs2.pth: vocalist, pure_MTDVocaLiST.pth: mtd)",
+    )
+    g.add_argument(
+        "--model",
+        dest="model_kind",
+        choices=("vocalist", "syncnet"),
+        default="vocalist",
+        help="scoring model family (default vocalist; syncnet gives LSE-C / LSE-D)",
+    )
+    g.add_argument("--onnx", default=None, help="run an exported model.onnx with onnxruntime instead")
+    g.add_argument("--stride", type=int, default=1, help="score every N-th 5-frame window (1 or 5; default 1)")
+    g.add_argument("--vshift", type=int, default=15, help="search offsets -V..+V frames (default 15)")
+    g.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="confidence below which the verdict is undetermined (default: calibrated, see docs/sync.md)",
+    )
+    g.add_argument("--detector", default="haar", help="face detector (haar, mtcnn, or module:Class)")
+    g.add_argument(
+        "--detect-every",
+        type=int,
+        default=None,
+        help="run the face detector on every N-th frame (default: min(stride, 5)); boxes in between are interpolated",
+    )
+    g.add_argument("--device", default=None, help="torch device (cpu, cuda, ...); default cpu")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", help="video file (any container / codec / frame rate)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--plot", default=None, help="write a PNG of the score curve and per-window offsets")
+    add_model_arguments(parser)
+
+
+def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
+    """Load the model named by the options and run sync_video on ``video``."""
+    from mtdistill.inference.sync import load_model, sync_video
+
+    model = load_model(args.checkpoint, args.preset, args.onnx, args.model_kind)
+    return sync_video(
+        video,
+        model,
+        preset=args.preset,
+        stride=args.stride,
+        vshift=args.vshift,
+        min_confidence=args.min_confidence,
+        detector=args.detector,
+        device=args.device,
+        progress=progress and sys.stderr.isatty(),
+        detect_every=args.detect_every,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    result = sync_from_args(args, args.video)
+    if args.plot:
+        from mtdistill.inference.plot import plot_sync
+
+        plot_sync(result, args.plot)
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(f"{result.video}: {result.duration_s:.2f} s, model {result.model}, stride {result.stride}")
+    print("track  frames        offset  ms       confidence  verdict")
+    for t in result.tracks:
+        print(
+            f"{t.track:<6} {t.start_frame:>5}-{t.end_frame:<7} {t.offset_frames:>+6d}  {t.offset_ms:>+7.0f}  "
+            f"{t.confidence:>10.2f}  {t.verdict}"
+        )
+    print("(positive offset = audio leads video)")
+    return 0

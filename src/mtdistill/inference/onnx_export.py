@@ -1,0 +1,226 @@
+"""ONNX export of VocaLiST-family models: the full model and, optionally, the three factorised graphs.
+
+Graphs (all with a dynamic batch axis B, fixed 5-frame window):
+
+* ``model.onnx``          video (B, 15, 48, 96), mel (B, 1, 80, 16) -> logits (B,)
+* ``model_video.onnx``    video (B, 15, 48, 96) -> video_tokens (5, B, d)
+* ``model_audio.onnx``    mel (B, 1, 80, 16) -> audio_tokens (16, B, d)
+* ``model_backend.onnx``  video_tokens (5, B, d), audio_tokens (16, B, d) -> logits (B,)
+
+The split graphs let the sync tool encode every window once and run only the backend on the 31 candidate pairs
+(the same factorisation as the evaluation fast path). Each file carries the preset and config as metadata
+(``mtdistill.preset``, ``mtdistill.config``) so that `mtdistill sync --onnx` knows how to prepare input.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mtdistill.errors import UserError
+from mtdistill.safeio import atomic_path
+
+SPLIT_SUFFIXES = ("_video", "_audio", "_backend")
+DEFAULT_OPSET = 17
+QUANT_OP_TYPES = ("MatMul", "Gemm")
+"""Ops that int8 dynamic quantisation touches by default: the transformer and head matmuls. The conv front-ends
+stay fp32 because the sync logit is a small difference between large activations (see docs/sync.md, int8)."""
+
+
+class _Full(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()  # a new wrapper is in training mode; the exporter would restore that onto the model
+
+    def forward(self, video: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        return self.model(video, mel)
+
+
+class _Video(_Full):
+    def forward(self, video: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model.encode_video(video)
+
+
+class _Audio(_Full):
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model.encode_audio(mel)
+
+
+class _Backend(_Full):
+    def forward(self, video_tokens: torch.Tensor, audio_tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.model.backend(video_tokens, audio_tokens)
+
+
+def split_paths(path: str | Path) -> dict[str, Path]:
+    """model.onnx -> {"video": model_video.onnx, "audio": model_audio.onnx, "backend": model_backend.onnx}."""
+    path = Path(path)
+    return {s.lstrip("_"): path.with_name(f"{path.stem}{s}{path.suffix}") for s in SPLIT_SUFFIXES}
+
+
+def _metadata(model: nn.Module, graph: str, int8: bool) -> dict[str, str]:
+    config = getattr(model, "config", None)
+    return {
+        "mtdistill.format": "mtdistill-vocalist-onnx/1",
+        "mtdistill.graph": graph,
+        "mtdistill.preset": str(getattr(model, "preset", None) or ""),
+        "mtdistill.config": json.dumps(asdict(config)) if config is not None else "{}",
+        "mtdistill.int8": "1" if int8 else "0",
+    }
+
+
+def _export_one(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    batch_axes: dict[str, int],
+    opset: int,
+    meta: dict[str, str],
+) -> Path:
+    import onnx
+
+    dynamic = {name: {axis: "batch"} for name, axis in batch_axes.items()}
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        # The TorchScript exporter: exact parity on this model and no onnxscript dependency.
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+        proto = onnx.load(str(tmp))
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+    return path
+
+
+@torch.inference_mode()
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    split: bool = True,
+    int8: bool = False,
+    quant_op_types: tuple[str, ...] = QUANT_OP_TYPES,
+) -> list[Path]:
+    """Export ``model`` to ``path`` (+ the split graphs when ``split``); with ``int8`` also write ``*_int8.onnx``.
+
+    Returns every written path. The model is put in eval mode (BatchNorm running stats, no dropout).
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise UserError(f"output {path} must end in .onnx; e.g. -o model.onnx")
+    was_training = model.training
+    model = model.eval().cpu()
+    try:
+        written = _export_all(model, path, opset, split)
+    finally:
+        model.train(was_training)
+    if int8:
+        written += [quantize_int8(p, quant_op_types=quant_op_types) for p in list(written)]
+    return written
+
+
+def _export_all(model: nn.Module, path: Path, opset: int, split: bool) -> list[Path]:
+    gen = torch.Generator().manual_seed(0)  # example inputs for tracing; leave the caller's RNG alone
+    video = torch.rand(2, 15, 48, 96, generator=gen) * 255.0
+    mel = torch.rand(2, 1, 80, 16, generator=gen) * 8.0 - 4.0
+    written = [
+        _export_one(
+            _Full(model),
+            (video, mel),
+            path,
+            ["video", "mel"],
+            ["logits"],
+            {"video": 0, "mel": 0, "logits": 0},
+            opset,
+            _metadata(model, "full", False),
+        )
+    ]
+    if split:
+        parts = split_paths(path)
+        vt, at = model.encode_video(video), model.encode_audio(mel)
+        written.append(
+            _export_one(
+                _Video(model),
+                (video,),
+                parts["video"],
+                ["video"],
+                ["video_tokens"],
+                {"video": 0, "video_tokens": 1},
+                opset,
+                _metadata(model, "video", False),
+            )
+        )
+        written.append(
+            _export_one(
+                _Audio(model),
+                (mel,),
+                parts["audio"],
+                ["mel"],
+                ["audio_tokens"],
+                {"mel": 0, "audio_tokens": 1},
+                opset,
+                _metadata(model, "audio", False),
+            )
+        )
+        written.append(
+            _export_one(
+                _Backend(model),
+                (vt, at),
+                parts["backend"],
+                ["video_tokens", "audio_tokens"],
+                ["logits"],
+                {"video_tokens": 1, "audio_tokens": 1, "logits": 0},
+                opset,
+                _metadata(model, "backend", False),
+            )
+        )
+    return written
+
+
+def int8_path(path: str | Path) -> Path:
+    """model.onnx -> model_int8.onnx; model_video.onnx -> model_int8_video.onnx (so split lookup still works)."""
+    path = Path(path)
+    stem = path.stem
+    for s in SPLIT_SUFFIXES:
+        if stem.endswith(s):
+            return path.with_name(f"{stem[: -len(s)]}_int8{s}{path.suffix}")
+    return path.with_name(f"{stem}_int8{path.suffix}")
+
+
+def quantize_int8(
+    path: str | Path, out: str | Path | None = None, quant_op_types: tuple[str, ...] = QUANT_OP_TYPES
+) -> Path:
+    """Dynamic int8 quantisation (weights int8, activations quantised on the fly) of the listed op types.
+
+    ``quant_op_types=("MatMul", "Gemm", "Conv")`` also quantises the conv front-ends (measured: see docs/sync.md).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = Path(path)
+    out = Path(out) if out is not None else int8_path(path)
+    with atomic_path(out) as tmp:
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(quant_op_types))
+        proto = onnx.load(str(tmp))
+        for entry in proto.metadata_props:
+            if entry.key == "mtdistill.int8":
+                entry.value = "1"
+        onnx.save(proto, str(tmp))
+    return out

@@ -1,0 +1,173 @@
+"""Streaming candidate scoring for the sync tool: windows at any stride, audio candidates at every frame.
+
+The evaluation protocol's fast path (`mtdistill.evaluation.protocol.candidate_logits_fast`) scores one whole
+utterance whose visual and audio windows are paired one to one. The sync tool needs the same factorisation on
+streams of arbitrary length and at a stride: visual windows start every ``stride`` frames, while their 31
+candidates are audio windows at every frame. This module does that chunk by chunk, so memory stays flat:
+
+* visual tokens once per visual window, audio tokens once per audio window of the chunk (plus a 2 * vshift
+  overlap), the transformer backend over the (window, candidate) pairs;
+* the utterance mel is computed per chunk of columns with 2 columns (400 samples) of context on each side, so
+  every column equals the column of a whole-file `utterance_mel` (the STFT window is 800 samples, centred).
+
+Candidates that fall outside the audio are *missing* (NaN), not scored on zero mels as in the protocol: the sync
+tool averages over real audio only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtdistill.audio import HOP, MEL_FRAMES, N_FFT, mel_window_start, utterance_mel
+from mtdistill.evaluation.protocol import is_vocalist_family
+
+VSHIFT = 15
+WINDOW = 5
+SAMPLES_PER_FRAME = 640
+
+
+def n_mel_columns(n_samples: int) -> int:
+    """Columns of the whole-file utterance mel: S // 200 + 1 (center=True STFT)."""
+    return n_samples // HOP + 1
+
+
+def n_audio_windows(n_samples: int) -> int:
+    """Audio windows a = 0..A-1 that have 5 frames of audio and 16 mel columns."""
+    m = n_mel_columns(n_samples)
+    a = n_samples // SAMPLES_PER_FRAME - WINDOW + 1
+    while a > 0 and mel_window_start(a - 1) + MEL_FRAMES > m:
+        a -= 1
+    return max(a, 0)
+
+
+def mel_columns(wave: np.ndarray, c0: int, c1: int) -> np.ndarray:
+    """Columns [c0, c1) of ``utterance_mel(wave)`` computed from a slice of the wave (exact, see module doc)."""
+    n = wave.shape[0]
+    ctx = N_FFT // (2 * HOP)  # 2 columns: a column's window reaches 400 samples either side of its centre
+    s0 = max(c0 - ctx, 0) * HOP
+    s1 = min((c1 - 1 + ctx) * HOP + 1, n)
+    if s0 == 0 and s1 == n:
+        return utterance_mel(wave)[:, c0:c1]
+    seg = utterance_mel(wave[s0:s1])
+    first = c0 - s0 // HOP
+    return seg[:, first : first + (c1 - c0)]
+
+
+class PairScorer:
+    """Scores (visual window, audio window) pairs with a VocaLiST-family model (factorised) or any
+    (video, mel) -> logits module (plain: the pairs are gathered and run through the whole model)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        chunk_pairs: int = 1024,
+        encode_chunk: int = 32,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model = model
+        self.fast = is_vocalist_family(model)
+        self.chunk_pairs = chunk_pairs
+        # the video prenet's first two layers hold (chunk, 2 * width_0, 48, 96, 5) floats: 32 windows keep the
+        # student under ~150 MB of activations (128 windows peaked at ~1 GB RSS)
+        self.encode_chunk = encode_chunk
+        params = list(model.parameters())
+        self.device = torch.device(device) if device is not None else (params[0].device if params else "cpu")
+        if params:
+            model.to(self.device)
+        model.eval()
+
+    def _encode(self, fn, x: torch.Tensor) -> torch.Tensor:
+        parts = [fn(x[s : s + self.encode_chunk].to(self.device)) for s in range(0, x.shape[0], self.encode_chunk)]
+        return torch.cat(parts, dim=1)
+
+    @torch.inference_mode()
+    def video(self, windows: torch.Tensor) -> torch.Tensor:
+        """(W, 15, 48, 96) -> tokens (Tv, W, d) (fast) or the windows themselves (plain)."""
+        return self._encode(self.model.encode_video, windows) if self.fast else windows
+
+    @torch.inference_mode()
+    def audio(self, mels: torch.Tensor) -> torch.Tensor:
+        """(A, 1, 80, 16) -> tokens (Ta, A, d) (fast) or the mels themselves (plain)."""
+        return self._encode(self.model.encode_audio, mels) if self.fast else mels
+
+    @torch.inference_mode()
+    def pairs(self, vid: torch.Tensor, aud: torch.Tensor, vi: np.ndarray, ai: np.ndarray) -> np.ndarray:
+        """Logits of pairs (vid[vi[k]], aud[ai[k]]) as float32 (K,)."""
+        out = np.empty(len(vi), np.float32)
+        vi_t, ai_t = torch.as_tensor(vi, dtype=torch.long), torch.as_tensor(ai, dtype=torch.long)
+        for s in range(0, len(vi), self.chunk_pairs):
+            v, a = vi_t[s : s + self.chunk_pairs], ai_t[s : s + self.chunk_pairs]
+            if self.fast:
+                logits = self.model.backend(vid[:, v.to(vid.device)], aud[:, a.to(aud.device)])
+            else:
+                logits = self.model(vid[v].to(self.device), aud[a].to(self.device))
+            out[s : s + len(v)] = logits.reshape(-1).float().cpu().numpy()
+        return out
+
+
+@dataclass
+class CurveAccumulator:
+    """Running per-candidate sums (for the window-averaged curve) and per-window offsets of one track."""
+
+    vshift: int = VSHIFT
+    sums: np.ndarray = field(init=False)
+    counts: np.ndarray = field(init=False)
+    starts: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    best: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sums = np.zeros(2 * self.vshift + 1)
+        self.counts = np.zeros(2 * self.vshift + 1, dtype=np.int64)
+
+    def add(self, starts: np.ndarray, rows: np.ndarray) -> None:
+        """rows (W, 31) logits with NaN for missing candidates."""
+        valid = ~np.isnan(rows)
+        self.sums += np.where(valid, rows, 0.0).sum(0)
+        self.counts += valid.sum(0)
+        for v, row, ok in zip(starts, rows, valid, strict=True):
+            if ok.any():
+                j = int(np.nanargmax(row))
+                self.starts.append(int(v))
+                self.offsets.append(self.vshift - j)
+                self.best.append(float(row[j]))
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.starts)
+
+    def curve(self) -> np.ndarray:
+        """Window-averaged score per candidate j (offset vshift - j); NaN where no window had that candidate."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+
+
+def score_chunk(
+    scorer: PairScorer, windows: torch.Tensor, starts: np.ndarray, wave: np.ndarray, n_audio: int, vshift: int = VSHIFT
+) -> np.ndarray:
+    """(W, 31) logits of visual windows starting at absolute frames ``starts`` against audio windows
+    starts - vshift .. starts + vshift; NaN where the audio window does not exist (before 0 or past the end)."""
+    w = len(starts)
+    rows = np.full((w, 2 * vshift + 1), np.nan, dtype=np.float32)
+    a_lo = max(int(starts.min()) - vshift, 0)
+    a_hi = min(int(starts.max()) + vshift, n_audio - 1)
+    if w == 0 or a_lo > a_hi:
+        return rows
+    audio_idx = np.arange(a_lo, a_hi + 1)
+    c0 = mel_window_start(a_lo)
+    mel = mel_columns(wave, c0, mel_window_start(a_hi) + MEL_FRAMES)
+    cols = np.array([mel_window_start(a) - c0 for a in audio_idx])[:, None] + np.arange(MEL_FRAMES)[None, :]
+    mels = torch.from_numpy(np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None]))
+    cand = starts[:, None] - vshift + np.arange(2 * vshift + 1)[None, :]  # absolute audio window per candidate
+    ok = (cand >= a_lo) & (cand <= a_hi)
+    wi, ji = np.nonzero(ok)
+    if len(wi) == 0:
+        return rows
+    vid = scorer.video(windows)
+    aud = scorer.audio(mels)
+    rows[wi, ji] = scorer.pairs(vid, aud, wi, cand[wi, ji] - a_lo)
+    return rows

@@ -1,0 +1,376 @@
+"""Audio-visual offset of a video, per face track: `sync_video(path, model) -> SyncResult`.
+
+Pipeline: decode at 25 fps (any container / codec / frame rate, `mtdistill.video`), detect and track faces, crop
+the mouth of each track in the model's preset, load the audio at 16 kHz; then, per track, score every 5-frame
+window at the chosen stride against the 2 * vshift + 1 audio offsets (`mtdistill.inference.scoring`, factorised
+and streamed in chunks), average the score rows into one curve and read off offset, confidence and verdict.
+
+Sign convention (ARCHITECTURE.md): offset_frames = video frame index - index of the best-matching audio window;
+positive = the audio leads the video (the sound comes before the lips). offset_ms = offset_frames * 1000 / fps
+with fps = 25, the analysis rate (40 ms per frame).
+
+Confidence (VocaLiST models) = max(curve) - median(curve), in logit units: how far the best offset stands above
+a typical wrong one, on the window-averaged logit curve. It mirrors syncnet_python's "conf" (median - min of the
+mean distance curve, i.e. LSE-C) with the VocaLiST logit in place of the negative distance; being a difference
+of logits, it ignores the model's overall bias. Verdict: in_sync when |offset| <= 1 frame (the protocol's
+tolerance) and confidence >= min_confidence; out_of_sync when |offset| > 1 and confidence >= min_confidence;
+undetermined otherwise (no talking face, silence, dubbed audio...). See docs/sync.md for the calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtdistill.errors import UserError
+from mtdistill.inference.scoring import VSHIFT, WINDOW, CurveAccumulator, PairScorer, n_audio_windows, score_chunk
+
+ANALYSIS_FPS = 25.0
+SIGN_CONVENTION = (
+    "offset_frames = video frame index - index of the best-matching audio window; "
+    "positive = audio leads video (sound before lips); offset_ms = offset_frames * 1000 / fps"
+)
+IN_SYNC_TOLERANCE = 1
+"""|offset| <= 1 frame (40 ms) counts as in sync, the evaluation protocol's tolerance (spec 4.4)."""
+DEFAULT_MIN_CONFIDENCE = 0.5
+"""Logit margin below which the verdict is undetermined (VocaLiST models); calibrated on synthetic clips with
+known offsets versus clips with another clip's audio (docs/sync.md)."""
+SYNCNET_MIN_CONFIDENCE = 3.0
+"""LSE-C below which a SyncNet verdict is undetermined: a conventional value (LRS2-like real talking faces score
+~6-8, mismatched audio ~1-2 in the lip-sync literature); not calibrated here (no SyncNet weights offline)."""
+CHUNK_WINDOWS = 64
+
+
+@dataclass
+class TrackResult:
+    """Sync estimate for one face track (frame indices at the 25 fps analysis rate, inclusive)."""
+
+    track: int
+    start_frame: int
+    end_frame: int
+    n_windows: int
+    offset_frames: int
+    offset_ms: float
+    confidence: float
+    verdict: str
+    curve: list[float]
+    """Window-averaged score for the 31 candidates; entry j is offset vshift - j (index 15 = offset 0).
+    VocaLiST: mean logit (higher = better). SyncNet: mean L2 distance (lower = better)."""
+    window_offsets: list[int]
+    """Offset of every scored window (its own argmax), in time order."""
+    window_starts: list[int]
+    """First frame of every scored window (same order as window_offsets)."""
+    lse_c: float | None = None
+    lse_d: float | None = None
+
+
+@dataclass
+class SyncResult:
+    """Everything `sync_video` found; `to_json()` is what `mtdistill sync --json` prints."""
+
+    video: str
+    duration_s: float
+    fps: float
+    source_fps: float
+    n_frames: int
+    model: str
+    preset: str | None
+    stride: int
+    vshift: int
+    min_confidence: float
+    tracks: list[TrackResult]
+    timing: dict[str, float] = field(default_factory=dict)
+    sign_convention: str = SIGN_CONVENTION
+    schema: str = "mtdistill-sync/1"
+
+    def main_track(self) -> TrackResult | None:
+        """The track with the most scored windows (the main speaker in a single-speaker video)."""
+        return max(self.tracks, key=lambda t: t.n_windows, default=None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------- readout
+
+
+def verdict_for(offset_frames: int, confidence: float, min_confidence: float) -> str:
+    """in_sync / out_of_sync when confident, else undetermined (thresholds in the module docstring)."""
+    if not np.isfinite(confidence) or confidence < min_confidence:
+        return "undetermined"
+    return "in_sync" if abs(offset_frames) <= IN_SYNC_TOLERANCE else "out_of_sync"
+
+
+def readout_logits(curve: np.ndarray, vshift: int = VSHIFT) -> tuple[int, float, np.ndarray]:
+    """(offset, confidence, filled curve) from a window-averaged logit curve (NaN = candidate never scored).
+
+    offset = vshift - argmax; confidence = max - median over the scored candidates; NaN entries are filled with
+    the curve's minimum so that the JSON holds 31 finite floats and they never win.
+    """
+    ok = np.isfinite(curve)
+    if not ok.any():
+        raise UserError("no audio window could be paired with the video; is the audio shorter than 0.2 s?")
+    j = int(np.nanargmax(curve))
+    conf = float(curve[j] - np.median(curve[ok]))
+    return vshift - j, conf, np.where(ok, curve, np.nanmin(curve))
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+class TrackStream:
+    """Scores one face track from mouth-crop pieces as they arrive (any piece sizes, in frame order).
+
+    Windows start at start_frame, start_frame + stride, ... while their 5 frames lie inside the track; windows
+    touching a frame whose face box is only an interpolation across a long detection gap (valid False) are
+    skipped. The buffer holds at most about chunk_windows * stride + 4 crops plus one piece, so memory does not
+    grow with the length of the video.
+    """
+
+    def __init__(
+        self,
+        scorer: PairScorer,
+        start_frame: int,
+        end_frame: int,
+        wave: np.ndarray,
+        preset: str,
+        stride: int = 1,
+        vshift: int = VSHIFT,
+        chunk_windows: int = CHUNK_WINDOWS,
+        progress=None,
+    ) -> None:
+        self.scorer, self.wave, self.preset = scorer, wave, preset
+        self.vshift, self.chunk_windows, self.progress = vshift, chunk_windows, progress
+        self.n_audio = n_audio_windows(len(wave))
+        self.starts = np.arange(start_frame, end_frame - WINDOW + 2, stride)
+        self.acc = CurveAccumulator(vshift)
+        self.crops: list[np.ndarray] = []  # pieces, frames [buf_start, buf_start + n_buffered)
+        self.valid: list[np.ndarray] = []
+        self.buf_start = start_frame
+        self.expected = start_frame
+        self.next_w = 0
+
+    def feed(self, start: int, crops: np.ndarray, valid: np.ndarray | None = None) -> None:
+        if start != self.expected:  # a gap would misalign every later window
+            raise UserError(f"mouth crops of a track jump from frame {self.expected} to {start}; internal error")
+        self.crops.append(crops)
+        self.valid.append(np.ones(len(crops), bool) if valid is None else np.asarray(valid, bool))
+        self.expected += len(crops)
+        self._flush(final=False)
+
+    def finish(self) -> CurveAccumulator:
+        self._flush(final=True)
+        return self.acc
+
+    def _flush(self, final: bool) -> None:
+        while True:
+            have_until = self.expected
+            ready = self.next_w
+            while ready < len(self.starts) and self.starts[ready] + WINDOW <= have_until:
+                ready += 1
+            if ready == self.next_w or (not final and ready - self.next_w < self.chunk_windows):
+                return
+            ready = min(ready, self.next_w + self.chunk_windows)
+            self._score(self.starts[self.next_w : ready])
+            self.next_w = ready
+
+    def _score(self, starts: np.ndarray) -> None:
+        frames = np.concatenate(self.crops) if len(self.crops) > 1 else self.crops[0]
+        valid = np.concatenate(self.valid) if len(self.valid) > 1 else self.valid[0]
+        rel = starts - self.buf_start
+        ok = np.array([valid[r : r + WINDOW].all() for r in rel], bool)
+        if ok.any():
+            good = starts[ok]
+            windows = _windows(frames, int(good[0]) - self.buf_start, good - good[0], self.preset)
+            rows = score_chunk(self.scorer, windows, good, self.wave, self.n_audio, self.vshift)
+            self.acc.add(good, rows)
+        if self.progress is not None:
+            self.progress.update(len(starts))
+        # drop frames no later window needs
+        nxt = self.next_w + len(starts)
+        keep_from = int(self.starts[nxt]) if nxt < len(self.starts) else self.expected
+        drop = keep_from - self.buf_start
+        self.crops, self.valid = [frames[drop:]], [valid[drop:]]
+        self.buf_start = keep_from
+
+
+def _windows(frames: np.ndarray, first: int, rel_starts: np.ndarray, preset: str) -> torch.Tensor:
+    """(W, 15, 48, 96) model windows from buffered RGB crops; rel_starts relative to ``first``."""
+    from mtdistill.models.presets import frames_to_input, windows_to_video
+
+    last = first + int(rel_starts[-1]) + WINDOW
+    return windows_to_video(frames_to_input(frames[first:last], preset), rel_starts)
+
+
+def load_model(
+    checkpoint: str | os.PathLike | None = None,
+    preset: str | None = None,
+    onnx: str | os.PathLike | None = None,
+    kind: str = "vocalist",
+) -> nn.Module:
+    """The scoring model: an ONNX file, a SyncNet file, or a VocaLiST / MTDVocaLiST checkpoint."""
+    from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
+
+    if kind not in ("vocalist", "syncnet"):
+        raise UserError(f"unknown --model {kind!r}; choose vocalist or syncnet")
+    if onnx is not None:
+        from mtdistill.inference.onnx_runtime import load_onnx_model
+
+        model = load_onnx_model(onnx)
+        if preset:
+            model.preset = preset
+        return model
+    if checkpoint is None:
+        raise UserError(NO_CHECKPOINT_MESSAGE)
+    if kind == "syncnet":
+        from mtdistill.models.syncnet import SyncNet
+
+        return SyncNet.from_checkpoint(checkpoint)
+    from mtdistill.models.vocalist import VocaLiST
+
+    return VocaLiST.from_checkpoint(checkpoint, preset=preset)
+
+
+def _model_name(model: nn.Module) -> str:
+    if getattr(model, "path", None) is not None:  # ONNX
+        return f"onnx:{Path(model.path).name}" + (" (int8)" if getattr(model, "int8", False) else "")
+    config = getattr(model, "config", None)
+    if config is not None:
+        size = {512: "VocaLiST teacher", 200: "MTDVocaLiST student"}.get(config.d_model, f"VocaLiST d={config.d_model}")
+        return f"{size} ({sum(p.numel() for p in model.parameters()):,} params)"
+    return type(model).__name__
+
+
+def sync_video(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    preset: str | None = None,
+    stride: int = 1,
+    vshift: int = VSHIFT,
+    min_confidence: float | None = None,
+    detector: str = "haar",
+    device: str | None = None,
+    progress: bool = False,
+    chunk_windows: int = CHUNK_WINDOWS,
+    detect_every: int | None = None,
+) -> SyncResult:
+    """Estimate the audio-visual offset of every face track in ``path`` (see the module docstring).
+
+    ``model``: a VocaLiST-family module (incl. `load_onnx_model`), any (video, mel) -> logits module, or a
+    `SyncNet` (LSE-C / LSE-D readout). ``preset`` overrides the model's own input preset. ``detect_every``:
+    run the face detector on every n-th frame only (boxes in between are interpolated by the tracker); default
+    min(stride, 5), since a stride already trades time resolution for speed and detection dominates the cost.
+    """
+    from mtdistill.models.syncnet import SyncNet
+
+    if stride < 1:
+        raise UserError(f"--stride must be >= 1, got {stride}")
+    if not 1 <= vshift <= 50:
+        raise UserError(f"--vshift must be between 1 and 50 frames, got {vshift}")
+    if isinstance(model, SyncNet):
+        from mtdistill.inference.syncnet_sync import sync_video_syncnet
+
+        return sync_video_syncnet(
+            path,
+            model,
+            stride=stride,
+            vshift=vshift,
+            min_confidence=min_confidence,
+            detector=detector,
+            device=device,
+            progress=progress,
+            detect_every=detect_every,
+        )
+    from mtdistill.audio import load_audio
+    from mtdistill.models.presets import check_preset
+    from mtdistill.video import probe
+
+    preset = check_preset(preset or getattr(model, "preset", None))
+    min_conf = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    info = probe(path)
+    if not info.has_video:
+        raise UserError(f"{path}: no video stream; sync needs a video with a visible face and sound")
+    if not info.has_audio:
+        raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
+    wave = load_audio(path)
+    timing["audio_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    from mtdistill.video import iter_mouth_crops, track_faces
+
+    every = detect_every or min(stride, 5)
+    found = track_faces(path, detector=detector, detect_every=every, progress=progress)
+    tracks = [t for t in found if t.n_frames >= WINDOW + 1]
+    timing["faces_s"] = time.perf_counter() - t1
+    if not tracks:
+        raise UserError(
+            f"{path}: no face found for at least {WINDOW + 1} consecutive frames; sync needs a visible, "
+            "roughly frontal face"
+        )
+    if n_audio_windows(len(wave)) < 1:
+        raise UserError(f"{path}: audio too short ({len(wave) / 16000:.2f} s); sync needs at least 0.2 s of sound")
+    scorer = PairScorer(model, device=device)
+    t2 = time.perf_counter()
+    from tqdm import tqdm
+
+    total = sum(len(range(t.start_frame, t.end_frame - WINDOW + 2, stride)) for t in tracks)
+    results: list[TrackResult] = []
+    with tqdm(total=total, desc="sync", unit="win", disable=not progress, dynamic_ncols=True) as bar:
+        streams = {
+            t.track_id: TrackStream(
+                scorer, t.start_frame, t.end_frame, wave, preset, stride, vshift, chunk_windows, progress=bar
+            )
+            for t in tracks
+        }
+        for track_id, start, crops, valid in iter_mouth_crops(path, tracks):
+            streams[track_id].feed(start, crops, valid)
+        for t in tracks:
+            acc = streams[t.track_id].finish()
+            if acc.n_windows == 0:
+                continue
+            offset, conf, curve = readout_logits(acc.curve(), vshift)
+            results.append(
+                TrackResult(
+                    track=t.track_id,
+                    start_frame=t.start_frame,
+                    end_frame=t.end_frame,
+                    n_windows=acc.n_windows,
+                    offset_frames=offset,
+                    offset_ms=offset * 1000.0 / ANALYSIS_FPS,
+                    confidence=conf,
+                    verdict=verdict_for(offset, conf, min_conf),
+                    curve=[float(x) for x in curve],
+                    window_offsets=acc.offsets,
+                    window_starts=acc.starts,
+                )
+            )
+    timing["crops_and_model_s"] = time.perf_counter() - t2
+    timing["total_s"] = time.perf_counter() - t0
+    if not results:
+        raise UserError(f"{path}: no face track overlaps the audio; nothing to score")
+    return SyncResult(
+        video=str(path),
+        duration_s=float(info.duration_s),
+        fps=ANALYSIS_FPS,
+        source_fps=float(info.fps),
+        n_frames=int(info.n_frames),
+        model=_model_name(model),
+        preset=preset,
+        stride=stride,
+        vshift=vshift,
+        min_confidence=min_conf,
+        tracks=results,
+        timing={k: round(v, 3) for k, v in timing.items()},
+    )

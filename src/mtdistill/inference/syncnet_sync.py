@@ -1,0 +1,190 @@
+"""`sync --model syncnet`: SyncNet offsets and LSE-C / LSE-D per face track, as syncnet_python computes them.
+
+Per track (as syncnet_python crops each track into its own clip): the track's frames become 224x224 BGR face
+crops (syncnet_python's crop geometry, 0..255), the audio from the track's first frame on becomes 13 MFCCs at
+100 Hz; with min_length = min(frames, samples // 640) there are N = min_length - 5 windows. Video embeddings of
+windows 0, s, 2s, ... (stride s) are compared with the audio embeddings of windows i - vshift .. i + vshift,
+audio embeddings outside 0..N-1 being zero vectors (upstream's zero padding). The mean distance curve gives
+LSE-D (its minimum), LSE-C (median - minimum, the "confidence") and the offset vshift - argmin.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from mtdistill.errors import UserError
+from mtdistill.models.syncnet import (
+    FACE_SIZE,
+    SyncNet,
+    crop_face,
+    face_crop_box,
+    lse_metrics,
+    mfcc,
+    mfcc_windows,
+)
+
+WINDOW = 5
+CHUNK = 16  # windows per SyncNet forward (5 x 224 x 224 x 3 floats each)
+
+
+class _SyncNetTrack:
+    """Streams one track's face crops into video embeddings; audio embeddings are computed at the end."""
+
+    def __init__(self, track, wave: np.ndarray, stride: int) -> None:
+        self.track = track
+        seg = wave[track.start_frame * 640 : (track.end_frame + 1) * 640]
+        self.min_length = min(track.n_frames, len(seg) // 640)
+        self.n = self.min_length - WINDOW
+        self.seg = seg
+        self.starts = np.arange(0, max(self.n, 0), stride)
+        self.frames: list[np.ndarray] = []
+        self.buf_start = 0
+        self.next_w = 0
+        self.embeddings: list[torch.Tensor] = []
+
+    def feed(self, net: SyncNet, crop: np.ndarray, device: torch.device) -> None:
+        self.frames.append(crop)
+        self._flush(net, device, final=False)
+
+    def _flush(self, net: SyncNet, device: torch.device, final: bool) -> None:
+        have = self.buf_start + len(self.frames)
+        ready = self.next_w
+        while ready < len(self.starts) and self.starts[ready] + WINDOW <= have:
+            ready += 1
+        if ready == self.next_w or (not final and ready - self.next_w < CHUNK):
+            return
+        starts = self.starts[self.next_w : ready]
+        buf = np.stack(self.frames)  # (F, 224, 224, 3) BGR uint8
+        idx = (starts - self.buf_start)[:, None] + np.arange(WINDOW)[None, :]
+        x = torch.from_numpy(buf[idx]).float().permute(0, 4, 1, 2, 3)  # (W, 3, 5, 224, 224)
+        with torch.inference_mode():
+            self.embeddings.append(net.forward_lip(x.to(device)).cpu())
+        self.next_w = ready
+        keep = int(self.starts[ready]) if ready < len(self.starts) else have
+        self.frames = self.frames[keep - self.buf_start :]
+        self.buf_start = keep
+
+    def finish(self, net: SyncNet, device: torch.device, vshift: int):
+        self._flush(net, device, final=True)
+        if self.n < 1 or not self.embeddings:
+            return None
+        feat = mfcc(self.seg)
+        aud = []
+        with torch.inference_mode():
+            for s in range(0, self.n, 256):
+                win = mfcc_windows(feat, np.arange(s, min(s + 256, self.n)))
+                aud.append(net.forward_aud(win.to(device)).cpu())
+        audio_emb = torch.cat(aud)
+        video_emb = torch.cat(self.embeddings)
+        # rows are windows self.starts; candidate j = audio window start - vshift + j, zero outside 0..N-1
+        padded = torch.nn.functional.pad(audio_emb, (0, 0, vshift, vshift))
+        d = torch.stack(
+            [
+                torch.nn.functional.pairwise_distance(
+                    video_emb[i : i + 1].expand(2 * vshift + 1, -1), padded[int(s) : int(s) + 2 * vshift + 1], eps=1e-6
+                )
+                for i, s in enumerate(self.starts)
+            ]
+        )
+        return lse_metrics(d, vshift), d
+
+
+def sync_video_syncnet(
+    path: str | os.PathLike,
+    net: SyncNet,
+    *,
+    stride: int = 1,
+    vshift: int = 15,
+    min_confidence: float | None = None,
+    detector: str = "haar",
+    device: str | None = None,
+    progress: bool = False,
+    detect_every: int | None = None,
+):
+    """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance."""
+    from mtdistill.audio import load_audio
+    from mtdistill.inference.sync import (
+        ANALYSIS_FPS,
+        SYNCNET_MIN_CONFIDENCE,
+        SyncResult,
+        TrackResult,
+        verdict_for,
+    )
+    from mtdistill.media.frames import output_size
+    from mtdistill.video import MAX_WIDTH, iter_frames, probe, track_faces
+
+    dev = torch.device(device or "cpu")
+    net = net.to(dev).eval()
+    min_conf = SYNCNET_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+    t0 = time.perf_counter()
+    info = probe(path)
+    if not info.has_audio:
+        raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
+    wave = load_audio(path)
+    found = track_faces(path, detector=detector, detect_every=detect_every or min(stride, 5), progress=progress)
+    tracks = [t for t in found if t.n_frames >= WINDOW + 1]
+    if not tracks:
+        raise UserError(f"{path}: no face found for at least {WINDOW + 1} consecutive frames")
+    t1 = time.perf_counter()
+    dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
+    scale = dec_w / info.width if info.width else 1.0
+    states = [_SyncNetTrack(t, wave, stride) for t in tracks]
+    last = max(t.end_frame for t in tracks)
+    for k, rgb in iter_frames(path):
+        if k > last:
+            break
+        bgr = None
+        for st in states:
+            t = st.track
+            if t.start_frame <= k <= t.end_frame and k - t.start_frame < st.min_length:
+                if bgr is None:
+                    bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # syncnet_python reads frames with OpenCV (BGR)
+                x1, y1, x2, y2 = (float(v) * scale for v in t.box_at(k)[:4])
+                box = face_crop_box((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1))
+                st.feed(net, crop_face(bgr, box, FACE_SIZE), dev)
+    results = []
+    for st in states:
+        out = st.finish(net, dev, vshift)
+        if out is None:
+            continue
+        lse, d = out
+        row_off = (vshift - torch.argmin(d, dim=1)).tolist()
+        t = st.track
+        results.append(
+            TrackResult(
+                track=t.track_id,
+                start_frame=t.start_frame,
+                end_frame=t.end_frame,
+                n_windows=len(st.starts),
+                offset_frames=lse.offset_frames,
+                offset_ms=lse.offset_frames * 1000.0 / ANALYSIS_FPS,
+                confidence=lse.lse_c,
+                verdict=verdict_for(lse.offset_frames, lse.lse_c, min_conf),
+                curve=lse.curve,
+                window_offsets=[int(x) for x in row_off],
+                window_starts=[int(t.start_frame + s) for s in st.starts],
+                lse_c=lse.lse_c,
+                lse_d=lse.lse_d,
+            )
+        )
+    if not results:
+        raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
+    t2 = time.perf_counter()
+    return SyncResult(
+        video=str(path),
+        duration_s=float(info.duration_s),
+        fps=ANALYSIS_FPS,
+        source_fps=float(info.fps),
+        n_frames=int(info.n_frames),
+        model=f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params)",
+        preset=None,
+        stride=stride,
+        vshift=vshift,
+        min_confidence=min_conf,
+        tracks=results,
+        timing={"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)},
+    )

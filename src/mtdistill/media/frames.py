@@ -1,0 +1,157 @@
+"""Probing media files and decoding video as constant-25-fps RGB frames, resampled by timestamps."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from mtdistill.errors import UserError
+from mtdistill.media.decode import container_origin, decode_error, open_media, stream_start
+
+FPS = 25.0
+MAX_WIDTH = 1920
+"""Frames wider than this are downscaled while decoding (4K input): detection and 96x96 crops need no more."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ``probe`` reads from the container headers (no full decode)."""
+
+    path: str
+    duration_s: float
+    fps: float
+    """Native (average) frame rate of the video stream; 0.0 without video."""
+    width: int
+    height: int
+    has_video: bool
+    has_audio: bool
+    audio_rate: int
+    """Native sample rate of the first audio stream; 0 without audio."""
+    audio_channels: int
+    n_frames: int
+    """Frames at 25 fps covering the video stream: ceil(video duration x 25). An estimate from the headers;
+    ``iter_frames`` is the authority."""
+    video_codec: str
+    audio_codec: str
+
+
+def probe(path: str | os.PathLike, fps: float = FPS) -> MediaInfo:
+    """Read duration, frame rate, size and streams of a media file; UserError if it is not readable media."""
+    with open_media(path) as container:
+        v = container.streams.video[0] if container.streams.video else None
+        a = container.streams.audio[0] if container.streams.audio else None
+        origin = container_origin(container)
+        duration = container.duration / av.time_base if container.duration is not None else 0.0
+        video_duration = duration
+        native_fps = 0.0
+        if v is not None:
+            if v.duration is not None and v.time_base is not None:
+                end = stream_start(v, origin) + Fraction(int(v.duration)) * Fraction(v.time_base)
+                video_duration = float(end - origin)
+            rate = v.average_rate or v.guessed_rate or v.base_rate
+            native_fps = float(rate) if rate else 0.0
+            if video_duration <= 0 and v.frames and native_fps:
+                video_duration = v.frames / native_fps
+        return MediaInfo(
+            path=str(path),
+            duration_s=float(max(duration, video_duration if v is not None else 0.0)),
+            fps=native_fps,
+            width=int(v.codec_context.width) if v is not None else 0,
+            height=int(v.codec_context.height) if v is not None else 0,
+            has_video=v is not None,
+            has_audio=a is not None,
+            audio_rate=int(a.rate or 0) if a is not None else 0,
+            audio_channels=int(a.channels or 0) if a is not None else 0,
+            n_frames=int(math.ceil(video_duration * fps - 1e-6)) if v is not None else 0,
+            video_codec=v.codec_context.name if v is not None else "",
+            audio_codec=a.codec_context.name if a is not None else "",
+        )
+
+
+def output_size(width: int, height: int, max_width: int | None) -> tuple[int, int]:
+    """Decoded frame size after the optional downscale (even sizes, aspect kept)."""
+    if not max_width or width <= max_width:
+        return width, height
+    scale = max_width / width
+    return int(max_width) // 2 * 2, max(2, int(round(height * scale / 2)) * 2)
+
+
+def iter_frames(
+    path: str | os.PathLike, fps: float = FPS, max_width: int | None = MAX_WIDTH
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (k, rgb uint8 HxWx3) at a constant `fps`, resampled by presentation timestamps.
+
+    Output frame k shows time t_k = k / fps on the container timeline (t = 0 is the container start, the same
+    origin ``load_audio`` uses) and is the last decoded frame whose pts <= t_k: frames are repeated (e.g.
+    22.13 fps input) or skipped (29.97, 30, 50 fps, VFR) but never shifted. Before the first decoded frame the
+    first frame is shown (streams that start late). Frames continue while t_k is before the end of the last
+    decoded frame (its pts + duration). A generator holding one decoded frame: memory does not grow with the
+    length of the video. Frames wider than `max_width` are downscaled (aspect kept); None keeps full size.
+
+    Raises UserError when the file has no video stream or no frame decodes; a stream that breaks after some
+    frames (truncated file) ends there.
+    """
+    if fps <= 0:
+        raise UserError(f"fps must be positive, got {fps}")
+    step = Fraction(fps).limit_denominator(1001000)
+    with open_media(path) as container:
+        if not container.streams.video:
+            raise UserError(f"{path}: no video stream; this step needs a video with a visible face")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threading: faster decode, same frames
+        origin = container_origin(container)
+        rate = stream.average_rate or stream.guessed_rate
+        default_duration = Fraction(1) / Fraction(rate) if rate else Fraction(1) / step
+        width, height = output_size(stream.codec_context.width, stream.codec_context.height, max_width)
+        k = 0
+        held: av.VideoFrame | None = None  # converted to RGB only when shown: skipped frames cost no conversion
+        held_rgb: np.ndarray | None = None
+        held_end = Fraction(0)
+        decoded = 0
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                if decoded == 0:
+                    raise decode_error(path, exc) from None
+                break  # truncated tail: keep what decoded
+            decoded += 1
+            if frame.pts is not None and frame.time_base is not None:
+                t = Fraction(frame.pts) * Fraction(frame.time_base) - origin
+            else:  # no timestamps: assume constant rate
+                t = (decoded - 1) * default_duration
+            duration = default_duration
+            if getattr(frame, "duration", None) and frame.time_base is not None:
+                duration = Fraction(int(frame.duration)) * Fraction(frame.time_base)
+            if held is None:
+                held = frame  # before the first decoded frame: show the first frame
+            # output frames whose time is before this frame's pts show the held (previous) frame
+            while Fraction(k) / step < t:
+                if held_rgb is None:
+                    held_rgb = _to_rgb(held, width, height)
+                yield k, held_rgb
+                k += 1
+            held, held_rgb = frame, None
+            held_end = max(held_end, t + duration)
+        if held is None:
+            raise UserError(f"{path}: the video stream holds no decodable frames; check the file")
+        while Fraction(k) / step < held_end:
+            if held_rgb is None:
+                held_rgb = _to_rgb(held, width, height)
+            yield k, held_rgb
+            k += 1
+
+
+def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+    if frame.width != width or frame.height != height:
+        frame = frame.reformat(width=width, height=height, interpolation="AREA")
+    return frame.to_ndarray(format="rgb24")

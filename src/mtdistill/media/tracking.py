@@ -1,0 +1,341 @@
+"""Face tracks over constant-25-fps frames, and mouth crops along them (bounded memory).
+
+Tracking is IoU association of per-frame detections:
+
+- detections run on every `detect_every`-th frame; overlapping boxes are reduced by NMS;
+- each detection joins the live track whose last box overlaps it most (greedy, IoU >= `iou_threshold`),
+  otherwise it starts a new track, so several faces give several tracks;
+- a track not matched for more than `max_lost` frames is closed (the face left or was lost);
+- inside a track, boxes between detections are linearly interpolated. Gaps of at most `max_gap` frames
+  without a detection (plus the frames skipped by `detect_every`) are bridged and stay valid; longer gaps
+  are kept on the timeline with ``valid = False`` (never silently removed or shifted);
+- valid boxes are smoothed per contiguous valid run (centred moving median, then moving mean, `smooth` frames);
+- tracks spanning fewer than `min_track` frames, or with fewer than max(`min_detections`,
+  ceil(min_track / detect_every)) detections, are dropped (false positives of cascade detectors rarely
+  persist), and so are tracks whose mean detector score is below `min_relative_score` x the best track's
+  (persistent cascade false positives on background texture score far lower than faces; 0 keeps every track).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mtdistill.errors import UserError
+from mtdistill.media.crops import crop_mouth
+from mtdistill.media.detectors import FaceDetector, get_detector
+from mtdistill.media.frames import FPS, MAX_WIDTH, iter_frames, output_size, probe
+
+MIN_FRAMES = 5  # one 5-frame model window
+
+
+@dataclass
+class FaceTrack:
+    """One face over consecutive 25-fps frames ``start_frame..end_frame`` (both inclusive).
+
+    ``boxes[i]`` is the face box [x1, y1, x2, y2] (original-resolution pixels) at frame ``start_frame + i``;
+    ``valid[i]`` is False inside long detection gaps, where the box is only an interpolation.
+    """
+
+    track_id: int
+    start_frame: int
+    end_frame: int
+    boxes: np.ndarray
+    valid: np.ndarray
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """Detector score per frame (NaN where the frame had no detection of this face)."""
+
+    @property
+    def n_frames(self) -> int:
+        return self.end_frame - self.start_frame + 1
+
+    def box_at(self, frame: int) -> np.ndarray:
+        return self.boxes[frame - self.start_frame]
+
+
+@dataclass
+class TrackCrops:
+    """A track with its mouth crops: ``crops`` (n, 48, 96, 3) uint8 RGB and ``valid`` (n,), n = track.n_frames."""
+
+    track: FaceTrack
+    crops: np.ndarray
+    valid: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in a (N, 4+) with every box in b (M, 4+) -> (N, M)."""
+    a = np.asarray(a, np.float64)[:, None, :4]
+    b = np.asarray(b, np.float64)[None, :, :4]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+def containment_matrix(a: np.ndarray) -> np.ndarray:
+    """Intersection over the area of the smaller box, for every pair of boxes in a (N, 4+) -> (N, N)."""
+    b = np.asarray(a, np.float64)
+    iou = iou_matrix(b, b)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union_plus_inter = area[:, None] + area[None, :]
+    inter = iou * union_plus_inter / (1.0 + iou)  # from iou = inter / (A + B - inter)
+    return inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9)
+
+
+def nms(dets: np.ndarray, threshold: float = 0.4, contain: float = 0.7) -> np.ndarray:
+    """Keep the best-scoring of overlapping detections (K, 5); a box mostly inside a better one is dropped too
+    (cascades fire on a face and on a part of it)."""
+    if len(dets) <= 1:
+        return dets
+    order = np.argsort(-dets[:, 4], kind="stable")
+    dets = dets[order]
+    iou = iou_matrix(dets, dets)
+    inside = containment_matrix(dets)
+    keep: list[int] = []
+    for i in range(len(dets)):
+        if all(iou[i, j] < threshold and inside[i, j] < contain for j in keep):
+            keep.append(i)
+    return dets[keep]
+
+
+def _moving(values: np.ndarray, window: int, reduce: str) -> np.ndarray:
+    """Centred, edge-truncated moving median/mean along axis 0."""
+    if window <= 1 or len(values) <= 1:
+        return values
+    half = window // 2
+    out = np.empty_like(values)
+    fn = np.median if reduce == "median" else np.mean
+    for i in range(len(values)):
+        out[i] = fn(values[max(0, i - half) : i + half + 1], axis=0)
+    return out
+
+
+def smooth_boxes(boxes: np.ndarray, valid: np.ndarray, window: int = 5) -> np.ndarray:
+    """Smooth boxes within each contiguous valid run: moving median (outliers) then moving mean (jitter)."""
+    out = boxes.copy()
+    i = 0
+    n = len(boxes)
+    while i < n:
+        if not valid[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and valid[j]:
+            j += 1
+        out[i:j] = _moving(_moving(boxes[i:j], window, "median"), window, "mean")
+        i = j
+    return out
+
+
+# --------------------------------------------------------------------------------------------- tracker
+
+
+@dataclass
+class _Live:
+    frames: list[int]
+    boxes: list[np.ndarray]
+    scores: list[float]
+
+
+class IouTracker:
+    """Frame-by-frame association; feed ``update(k, dets)`` in increasing k, then ``finish()``."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_lost: int = 25) -> None:
+        self.iou_threshold = iou_threshold
+        self.max_lost = max_lost
+        self.live: list[_Live] = []
+        self.done: list[_Live] = []
+
+    def update(self, k: int, dets: np.ndarray) -> None:
+        still = []
+        for t in self.live:
+            (still if k - t.frames[-1] <= self.max_lost else self.done).append(t)
+        self.live = still
+        dets = nms(np.asarray(dets, np.float32).reshape(-1, 5))
+        unmatched = list(range(len(dets)))
+        if self.live and len(dets):
+            iou = iou_matrix(np.stack([t.boxes[-1] for t in self.live]), dets)
+            while True:
+                ti, di = np.unravel_index(np.argmax(iou), iou.shape)
+                if iou[ti, di] < self.iou_threshold:
+                    break
+                t = self.live[ti]
+                t.frames.append(k)
+                t.boxes.append(dets[di, :4].copy())
+                t.scores.append(float(dets[di, 4]))
+                iou[ti, :] = -1.0
+                iou[:, di] = -1.0
+                unmatched.remove(di)
+        for di in unmatched:
+            self.live.append(_Live([k], [dets[di, :4].copy()], [float(dets[di, 4])]))
+
+    def finish(self) -> list[_Live]:
+        self.done.extend(self.live)
+        self.live = []
+        return self.done
+
+
+def build_track(
+    raw: _Live, track_id: int, max_gap: int, detect_every: int, smooth: int, n_frames: int | None = None
+) -> FaceTrack:
+    """Interpolate, mark long gaps invalid and smooth one raw track (observations at increasing frames)."""
+    frames = np.asarray(raw.frames)
+    obs = np.stack(raw.boxes).astype(np.float64)
+    start, end = int(frames[0]), int(frames[-1])
+    # with sparse detection the track also covers the frames up to the next (missed) detection slot
+    if detect_every > 1:
+        end = end + detect_every - 1 if n_frames is None else min(n_frames - 1, end + detect_every - 1)
+    idx = np.arange(start, end + 1)
+    boxes = np.stack([np.interp(idx, frames, obs[:, c]) for c in range(4)], axis=1)
+    valid = np.ones(len(idx), bool)
+    bridge = max_gap + detect_every - 1  # missing frames that still count as one continuous track
+    for a, b in zip(frames[:-1], frames[1:], strict=True):
+        if b - a - 1 > bridge:
+            valid[a - start + 1 : b - start] = False
+    scores = np.full(len(idx), np.nan, np.float32)
+    scores[frames - start] = raw.scores
+    boxes = smooth_boxes(boxes, valid, smooth)
+    return FaceTrack(track_id, start, end, boxes.astype(np.float32), valid, scores)
+
+
+def track_faces(
+    path: str | os.PathLike,
+    detector: str | FaceDetector = "haar",
+    fps: float = FPS,
+    detect_every: int = 1,
+    min_track: int = MIN_FRAMES,
+    progress: bool = False,
+    *,
+    max_gap: int = 6,
+    max_lost: int = 25,
+    iou_threshold: float = 0.3,
+    smooth: int = 5,
+    min_relative_score: float = 0.45,
+    min_detections: int = 3,
+) -> list[FaceTrack]:
+    """Detect and track every face of a video over its constant-`fps` frames (one decoding pass).
+
+    Returns tracks sorted by start frame (then longest first, then left to right), ids 0..n-1; boxes in
+    original-resolution pixels. Raises UserError when the file has no video, fewer than 5 frames, or no face
+    track at all.
+    `detector`: "haar" (default, offline), "mtcnn", "package.module:Class" or a FaceDetector instance.
+    See the module docstring for the tracking rules and their parameters.
+    """
+    if detect_every < 1:
+        raise UserError(f"detect_every must be >= 1, got {detect_every}")
+    det = get_detector(detector)
+    info = probe(path, fps)
+    if not info.has_video:
+        raise UserError(f"{path}: no video stream; face tracking needs a video")
+    dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
+    scale = info.width / dec_w if dec_w else 1.0
+    tracker = IouTracker(iou_threshold=iou_threshold, max_lost=max(max_lost, detect_every))
+    n = 0
+    from tqdm import tqdm
+
+    bar = tqdm(total=info.n_frames or None, desc="tracking faces", unit="frame", disable=not progress, leave=False)
+    with bar:
+        for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH):
+            n = k + 1
+            if k % detect_every == 0:
+                dets = np.asarray(det.detect(rgb), np.float32).reshape(-1, 5)
+                if scale != 1.0:
+                    dets[:, :4] *= scale
+                tracker.update(k, dets)
+            bar.update(1)
+    if n < MIN_FRAMES:
+        raise UserError(
+            f"{path}: only {n} frame(s) at {fps:g} fps ({n / fps:.2f} s); lip sync needs at least {MIN_FRAMES}"
+        )
+    min_obs = max(min_detections, math.ceil(min_track / detect_every))
+    tracks = []
+    for raw in tracker.finish():
+        if len(raw.frames) < min_obs:
+            continue
+        t = build_track(raw, -1, max_gap, detect_every, smooth, n)
+        if t.n_frames >= min_track:
+            tracks.append(t)
+    if tracks and min_relative_score > 0:
+        means = [float(np.nanmean(t.scores)) for t in tracks]
+        best = max(means)
+        if best > 0:
+            tracks = [t for t, m in zip(tracks, means, strict=True) if m >= min_relative_score * best]
+    if not tracks:
+        name = getattr(det, "name", type(det).__name__)
+        raise UserError(
+            f"{path}: no face found in {n} frames (detector {name}); use a clip with a visible frontal face"
+            " or try another detector (--detector mtcnn)"
+        )
+    tracks.sort(key=lambda t: (t.start_frame, -t.n_frames, float(np.median(t.boxes[:, 0] + t.boxes[:, 2]))))
+    for i, t in enumerate(tracks):
+        t.track_id = i
+    return tracks
+
+
+def iter_mouth_crops(
+    path: str | os.PathLike, tracks: list[FaceTrack], chunk: int = 250, fps: float = FPS
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Yield (track_id, start_frame, crops uint8 (n, 48, 96, 3) RGB, valid (n,)) chunk by chunk.
+
+    A second decoding pass; every track's frames come in order, in pieces of at most `chunk` frames (the
+    last piece of a track is shorter), so memory is bounded by len(tracks) x chunk crops whatever the video's
+    length. Pieces of different tracks interleave. If the video ends before a track does (a file changed
+    between passes), the track's last piece is shorter than expected.
+    """
+    if chunk < 1:
+        raise UserError(f"chunk must be >= 1, got {chunk}")
+    if not tracks:
+        return
+    info = probe(path, fps)
+    dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
+    scale = dec_w / info.width if info.width else 1.0
+    buffers: dict[int, list[np.ndarray]] = {t.track_id: [] for t in tracks}
+    starts: dict[int, int] = {t.track_id: t.start_frame for t in tracks}
+    last = max(t.end_frame for t in tracks)
+
+    def flush(t: FaceTrack) -> tuple[int, int, np.ndarray, np.ndarray]:
+        crops = np.stack(buffers[t.track_id])
+        s = starts[t.track_id]
+        valid = t.valid[s - t.start_frame : s - t.start_frame + len(crops)].copy()
+        buffers[t.track_id] = []
+        starts[t.track_id] = s + len(crops)
+        return t.track_id, s, crops, valid
+
+    for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH):
+        if k > last:
+            break
+        for t in tracks:
+            if t.start_frame <= k <= t.end_frame:
+                buffers[t.track_id].append(crop_mouth(rgb, t.box_at(k) * scale))
+                if len(buffers[t.track_id]) == chunk or k == t.end_frame:
+                    yield flush(t)
+    for t in tracks:  # the video ended early
+        if buffers[t.track_id]:
+            yield flush(t)
+
+
+def mouth_crops(
+    path: str | os.PathLike, detector: str | FaceDetector = "haar", fps: float = FPS, **track_options: object
+) -> list[TrackCrops]:
+    """Convenience for short clips: ``track_faces`` + ``iter_mouth_crops`` with every crop in memory."""
+    tracks = track_faces(path, detector=detector, fps=fps, **track_options)  # type: ignore[arg-type]
+    pieces: dict[int, list[np.ndarray]] = {t.track_id: [] for t in tracks}
+    valids: dict[int, list[np.ndarray]] = {t.track_id: [] for t in tracks}
+    for tid, _start, crops, valid in iter_mouth_crops(path, tracks, fps=fps):
+        pieces[tid].append(crops)
+        valids[tid].append(valid)
+    out = []
+    for t in tracks:
+        if not pieces[t.track_id]:
+            continue
+        out.append(TrackCrops(t, np.concatenate(pieces[t.track_id]), np.concatenate(valids[t.track_id])))
+    return out

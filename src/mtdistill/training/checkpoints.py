@@ -1,0 +1,197 @@
+"""Run-folder checkpoints: atomic Lightning checkpoints, our model files, summary.json, RNG state.
+
+Layout (docs/internal_api.md, "Run folder"):
+    checkpoints/epoch=NNN.ckpt   full Lightning state after 0-based epoch NNN
+    checkpoints/last.ckpt        copy of the newest one (what resume reads)
+    checkpoints/best.ckpt        copy of the one with the strictly highest val weighted F1
+    model_last.safetensors / model_best.safetensors   ``model.save_checkpoint`` files
+    summary.json
+Every file is written to a temporary name and moved into place with ``os.replace``, so a SIGKILL at any moment
+leaves either the previous complete file or the new complete file, never a truncated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+BEST = "best.ckpt"
+MODEL_LAST = "model_last.safetensors"
+MODEL_BEST = "model_best.safetensors"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"epoch={epoch:03d}.ckpt"
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as fh:  # the data must be on disk before the rename makes it visible
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        tmp.write_text(text)
+        _replace_durably(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    dst = Path(dst)
+    tmp = _tmp_beside(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        _replace_durably(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but written to a temporary file and renamed into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_beside(path)
+        try:
+            torch.save(checkpoint, tmp)
+            _replace_durably(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy and python RNG states as plain containers (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def reseed(seed: int, *keys: int) -> int:
+    """Reseed torch / numpy / python from (seed, *keys), e.g. (seed, rank, epoch, batch index).
+
+    The trainer calls it before every training batch. This is what makes resume exact: dropout masks and any
+    other global-RNG draw of a step depend only on these integers, not on how many draws happened before
+    (validation, DataLoader start-up, Lightning's restore path, ...). Different ranks get different streams.
+    """
+    mixed = int(np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(1, dtype=np.uint32)[0])
+    torch.manual_seed(mixed)
+    np.random.seed(mixed)
+    random.seed(mixed)
+    return mixed
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> int:
+    """Epoch-level ``reseed`` (kept for the MulT trainer); the VocaLiST trainer reseeds per batch instead."""
+    return reseed(seed, epoch, rank)
+
+
+def read_checkpoint_step(path: Path) -> int:
+    """Global step stored in a Lightning checkpoint (memory-mapped: the weights are not read)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return int(ckpt.get("global_step", 0))
+
+
+class RunCheckpoints(pl.Callback):
+    """After every training epoch (validation has run by then): epoch/last/best checkpoints, model files, summary.
+
+    Best = strictly greater validation weighted F1 than every earlier epoch (the released MTD rule).
+    Its state (best F1 and epoch) travels inside the Lightning checkpoint so that resume keeps it.
+    """
+
+    def __init__(self, run_dir: Path, *, name: str, method: str, params: int, epoch_checkpoints: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
+        self.name = name
+        self.method = method
+        self.params = params
+        self.epoch_checkpoints = epoch_checkpoints
+        self.best_val_f1: float | None = None
+        self.best_epoch: int | None = None
+        self.epochs_done = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_val_f1": self.best_val_f1, "best_epoch": self.best_epoch, "epochs_done": self.epochs_done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_val_f1 = state_dict.get("best_val_f1")
+        self.best_epoch = state_dict.get("best_epoch")
+        self.epochs_done = int(state_dict.get("epochs_done", 0))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        f1 = getattr(pl_module, "val_f1_of_epoch", {}).get(epoch)
+        improved = f1 is not None and f1 == f1 and (self.best_val_f1 is None or f1 > self.best_val_f1)
+        if improved:
+            self.best_val_f1, self.best_epoch = float(f1), epoch
+        self.epochs_done = epoch + 1
+
+        # trainer.save_checkpoint is collective (it barriers); only rank 0 writes the file
+        target = self.ckpt_dir / (epoch_checkpoint_name(epoch) if self.epoch_checkpoints else LAST)
+        trainer.save_checkpoint(target, weights_only=False)
+        if trainer.is_global_zero:
+            if self.epoch_checkpoints:
+                atomic_copy(target, self.ckpt_dir / LAST)
+            if improved:
+                atomic_copy(self.ckpt_dir / LAST, self.ckpt_dir / BEST)
+            model = pl_module.student
+            extra = {"run": self.name, "method": self.method, "epoch": epoch, "val_f1": f1}
+            model.save_checkpoint(self.run_dir / MODEL_LAST, extra=extra)
+            if improved:
+                model.save_checkpoint(self.run_dir / MODEL_BEST, extra=extra)
+            self.write_summary(trainer, finished=False)
+        trainer.strategy.barrier("RunCheckpoints.epoch_end")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.write_summary(trainer, finished=self.epochs_done >= (trainer.max_epochs or 0))
+
+    def write_summary(self, trainer: pl.Trainer, *, finished: bool) -> None:
+        summary = {
+            "name": self.name,
+            "method": self.method,
+            "params": self.params,
+            "best_val_f1": self.best_val_f1,
+            "best_epoch": self.best_epoch,
+            "epochs_done": self.epochs_done,
+            "finished": bool(finished),
+            "global_step": int(trainer.global_step),
+        }
+        atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,542 @@
+"""Lightning training for the MulT teacher and the video-only students of seed paper 002.
+
+``train_mult(cfg)`` builds everything from a recipe (configs/mult_*.yaml, edam*.yaml, crd*.yaml, kd_mult*.yaml)
+and writes the run folder of docs/internal_api.md (config.yaml, metrics.csv, tb/, checkpoints/, model_best /
+model_last .safetensors, summary.json). Engine pieces are shared with the VocaLiST trainer (RunCheckpoints,
+RunCSVLogger, AtomicCheckpointIO, YAML ``base:`` / ``--set``). Optimiser: Adam (lr 1e-3) on the model and the
+loss's own parameters (CRD embeddings, EDAM-T resamplers); ReduceLROnPlateau(patience 10, factor 0.5) on the
+validation cross-entropy; best = highest validation weighted F1 over the 7 classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from mtdistill.data.mosei import MoseiDataset, MoseiSplit, load_mosei
+from mtdistill.distill import build_loss
+from mtdistill.distill.mult_objective import classification_loss, logits_of
+from mtdistill.errors import UserError
+from mtdistill.evaluation.mosei_metrics import mosei_metrics
+from mtdistill.models.mult import MulT, MulTConfig, load_mult_checkpoint
+from mtdistill.models.mult_students import StudentConfig, VideoStudent, configuration, student_for
+from mtdistill.training.checkpoints import (
+    CONFIG,
+    METRICS,
+    MODEL_BEST,
+    SUMMARY,
+    AtomicCheckpointIO,
+    RunCheckpoints,
+    atomic_write_text,
+    read_checkpoint_step,
+    rng_state,
+    seed_epoch,
+    set_rng_state,
+)
+from mtdistill.training.config import OPEN, _k, _validate_section, apply_overrides, dump_config, read_yaml
+
+_INT, _NUM = (int,), (int, float)
+MULT_SCHEMA: dict[str, Any] = {
+    "name": _k(str, required=True),
+    "kind": _k(str, required=True, choices=("teacher", "student")),
+    "method": _k(str),  # the row's description in reports
+    "row": _k(str),  # Table 1 row id (see evaluation/mult_report.py); None = not a paper row
+    "description": _k(str),
+    "seed": _k(*_INT, default=1111),
+    "configuration": _k(*_INT, default=5, choices=(1, 2, 3, 4, 5)),  # student-teacher configuration (4.2)
+    "edam_s": _k(bool, default=True),  # student proxies take the teacher's stream lengths
+    "model": OPEN,  # MulTConfig fields (teacher) or StudentConfig fields (student)
+    "teacher": {"run": _k(str), "checkpoint": _k(str)},
+    "data": {
+        "pickle": _k(str, required=True),
+        "batch_size": _k(*_INT, default=64),
+        "val_batch_size": _k(*_INT),
+        "num_workers": _k(*_INT, default=0),
+        "limit_train": _k(*_INT),
+    },
+    "loss": OPEN,
+    "optim": {
+        "lr": _k(*_NUM, default=1e-3),
+        "patience": _k(*_INT, default=10),
+        "factor": _k(*_NUM, default=0.5),
+        "max_grad_norm": _k(*_NUM, default=0.8),
+        "weight_decay": _k(*_NUM, default=0.0),
+    },
+    "trainer": {
+        "epochs": _k(*_INT, default=100),
+        "accelerator": _k(str, default="auto"),
+        "devices": _k(int, str, list, default=1),
+        "precision": _k(str, default="32"),
+        "log_every_n_steps": _k(*_INT, default=10),
+        "limit_train_batches": _k(*_NUM),
+        "limit_val_batches": _k(*_NUM),
+        "progress_bar": _k(bool, default=True),
+        "deterministic": _k(bool, default=False),
+        "threads": _k(*_INT),  # torch CPU threads; 1 avoids OpenMP spin contention on busy small machines
+    },
+    "output": {"dir": _k(str, default="runs"), "epoch_checkpoints": _k(bool, default=False)},
+}
+
+
+def validate_mult_config(data: dict[str, Any], where: str = "<dict>") -> dict[str, Any]:
+    cfg = _validate_section(data, MULT_SCHEMA, where, "")
+    if "name" not in cfg["loss"]:
+        cfg["loss"]["name"] = "mult_ce"
+    if cfg["kind"] == "teacher" and cfg["loss"]["name"] != "mult_ce":
+        raise UserError(f"config {where}: a teacher trains with loss mult_ce, not {cfg['loss']['name']!r}")
+    if cfg["data"]["batch_size"] < 1 or cfg["trainer"]["epochs"] < 1 or cfg["optim"]["lr"] <= 0:
+        raise UserError(f"config {where}: batch_size and epochs must be >= 1 and lr > 0")
+    cfg["method"] = cfg["method"] or cfg["name"]
+    return cfg
+
+
+def load_mult_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a recipe (with its ``base:`` chain), apply ``--set`` overrides, validate and fill defaults."""
+    merged = apply_overrides(read_yaml(Path(path)), list(overrides))
+    return validate_mult_config(merged, str(path) + (" (with --set)" if overrides else ""))
+
+
+# ---- data ----
+class MoseiDataModule(pl.LightningDataModule):
+    """train / valid / test loaders over one MulT-layout pickle (loaded once)."""
+
+    def __init__(self, data: dict[str, Any], seed: int, splits: dict[str, MoseiSplit] | None = None) -> None:
+        super().__init__()
+        self.cfg, self.seed = data, seed
+        self.splits = splits or load_mosei(data["pickle"])
+
+    def dataset(self, split: str) -> MoseiDataset:
+        limit = self.cfg.get("limit_train") if split == "train" else None
+        return MoseiDataset(self.splits[split], limit=limit)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        bs = self.cfg["batch_size"] if split == "train" else (self.cfg.get("val_batch_size") or self.cfg["batch_size"])
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.dataset(split),
+            batch_size=bs,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=int(self.cfg.get("num_workers") or 0),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+def labels_for(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """7-class ids for a classifier head, the float sentiment for a regression head."""
+    return batch["class7"] if model.config.output_dim > 1 else batch["label"]
+
+
+# ---- module ----
+class MultLightningModule(pl.LightningModule):
+    """Trains ``student`` (a MulT teacher from scratch, or a video-only student) with a registered MulT loss."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        loss: nn.Module,
+        cfg: dict[str, Any],
+        teacher: nn.Module | None = None,
+        probe: dict[str, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.student, self.loss, self.cfg = student, loss, cfg
+        self.seed = int(cfg["seed"])
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []  # not a submodule
+        wants = bool(getattr(loss, "needs_capture", False))
+        names = getattr(loss, "capture_names", lambda side: True)
+        # what each model captures: only the transformers the loss reads (False = logits only)
+        self.capture = {side: (names(side) if wants else False) for side in ("student", "teacher")}
+        self.teacher_needed = bool(getattr(loss, "needs_teacher", False))
+        if self.teacher_needed and teacher is None:
+            raise UserError(f"loss {cfg['loss']['name']!r} needs a teacher; set teacher.run in the recipe")
+        if probe is not None and hasattr(loss, "setup"):
+            # shape-dependent loss parts (CRD embeddings, EDAM-T resamplers) exist before the optimiser and resume
+            with torch.no_grad():
+                t_out = self.teacher_forward(probe) if self.teacher_needed else None
+                self.loss.setup(student.forward_batch(probe, capture=self.capture["student"]), t_out)
+        self._val: list[tuple[Tensor, Tensor]] = []
+        self.val_f1_of_epoch: dict[int, float] = {}
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    @torch.no_grad()
+    def teacher_forward(self, batch: dict[str, Tensor]) -> Any:
+        return self.teacher.forward_batch(batch, capture=self.capture["teacher"])
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+
+    def on_train_epoch_start(self) -> None:
+        seed_epoch(self.seed, self.current_epoch, self.global_rank)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        t_out = self.teacher_forward(batch) if self.teacher_needed else None
+        s_out = self.student.forward_batch(batch, capture=self.capture["student"])
+        total = self.loss(s_out, t_out, labels_for(self.student, batch), batch["index"])
+        bs = batch["index"].shape[0]
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        for name, value in getattr(self.loss, "terms", {}).items():
+            if name != "total":
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        # validation indices address another split: CRD memories must not see them, so only L_c is computed
+        logits = logits_of(self.student.forward_batch(batch)).float()
+        loss = classification_loss(logits, labels_for(self.student, batch))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=batch["index"].shape[0])
+        self._val.append((logits.cpu(), batch["label"].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val]).numpy()
+        labels = torch.cat([v[1] for v in self._val]).numpy()
+        m = mosei_metrics(logits, labels)
+        f1 = m.get("f1_weighted", m.get("f1_binary", float("nan")))
+        self.val_f1_of_epoch[self.current_epoch] = float(f1)
+        self.log("val/f1", float(f1), on_step=False, on_epoch=True)
+        self.log("val/acc7", float(m["acc7"]), on_step=False, on_epoch=True, prog_bar=True)
+        if "f1_macro" in m:
+            self.log("val/f1_macro", float(m["f1_macro"]), on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.cfg["optim"]
+        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "model"}]
+        loss_params = [p for p in self.loss.parameters() if p.requires_grad]
+        if loss_params:
+            groups.append({"params": loss_params, "name": "loss"})
+        opt = torch.optim.Adam(groups, lr=float(o["lr"]), weight_decay=float(o["weight_decay"]))
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", patience=int(o["patience"]), factor=float(o["factor"])
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        norm = self.cfg["optim"]["max_grad_norm"]
+        if norm:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, float(norm))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mtdistill"] = {"rng": rng_state(), "val_f1_of_epoch": dict(self.val_f1_of_epoch)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("mtdistill", {})
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.val_f1_of_epoch = {int(k): float(v) for k, v in state.get("val_f1_of_epoch", {}).items()}
+
+
+# ---- building a run ----
+def resolve_model_file(run_or_file: str | Path) -> Path:
+    """A run folder (its model_best.safetensors) or a checkpoint file."""
+    p = Path(run_or_file)
+    if p.is_dir():
+        p = p / MODEL_BEST
+    if not p.is_file():
+        raise UserError(f"{p} not found; train that run first (mtdistill mult train CONFIG) or fix teacher.run")
+    return p
+
+
+def build_teacher(cfg: dict[str, Any]) -> MulT | None:
+    t = cfg["teacher"]
+    src = t.get("run") or t.get("checkpoint")
+    if src is None:
+        return None
+    model = load_mult_checkpoint(resolve_model_file(src))
+    if not isinstance(model, MulT):
+        raise UserError(f"teacher {src} is a student checkpoint; point teacher.run at a MulT teacher run")
+    want = configuration(cfg["configuration"]).teacher_mode
+    if cfg["kind"] == "student" and model.config.mode != want:
+        raise UserError(
+            f"configuration {cfg['configuration']} distils from a mode={want!r} teacher, but {src} "
+            f"has mode={model.config.mode!r}; train the matching teacher recipe"
+        )
+    return model
+
+
+def build_model(cfg: dict[str, Any], split: MoseiSplit, teacher: MulT | None) -> nn.Module:
+    """The model this run trains, sized from the data (feature sizes, sequence lengths)."""
+    options = dict(cfg["model"])
+    if cfg["kind"] == "teacher":
+        options.setdefault("output_dim", 7)
+        try:
+            return MulT(config=MulTConfig(orig_dims=split.dims, **options))
+        except TypeError as exc:
+            raise UserError(f"model: {exc}; allowed keys are MulTConfig fields") from None
+    try:
+        return student_for(
+            cfg["configuration"],
+            teacher,
+            lengths=split.lengths,
+            vision_dim=split.dims[2],
+            edam_s=cfg["edam_s"],
+            **options,
+        )
+    except TypeError as exc:
+        raise UserError(f"model: {exc}; allowed keys are StudentConfig fields") from None
+
+
+def loss_kwargs(cfg: dict[str, Any], split: MoseiSplit) -> dict[str, Any]:
+    """The recipe's loss options plus what the run knows: pairs of the configuration, n_data, class ids."""
+    from mtdistill.distill.registry import LOSSES, _ensure_builtin, accepted_kwargs
+
+    _ensure_builtin()
+    kw = {k: v for k, v in cfg["loss"].items() if k != "name"}
+    cls = LOSSES.get(cfg["loss"]["name"])
+    accepted = accepted_kwargs(cls) if cls is not None else None
+    if accepted is not None:
+        if "pairs" in accepted and kw.get("pairs") is None:
+            kw["pairs"] = [list(p) for p in configuration(cfg["configuration"]).pairs]
+        if "n_data" in accepted:
+            kw["n_data"] = len(split)
+        if "class_ids" in accepted and kw.get("negatives") == "class":
+            kw["class_ids"] = torch.as_tensor(split.classes)
+    return kw
+
+
+def _progress_bar() -> Any:
+    import contextlib
+    import sys
+
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class StderrTQDM(TQDMProgressBar):  # bars on stderr so stdout stays clean for results
+        def init_train_tqdm(self) -> Any:
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().init_train_tqdm()
+
+        def init_validation_tqdm(self) -> Any:
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().init_validation_tqdm()
+
+    return StderrTQDM()
+
+
+def train_mult(cfg: dict[str, Any], resume: bool | None = None, splits: dict[str, MoseiSplit] | None = None) -> dict:
+    """Train according to a validated recipe; returns summary.json's content."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mtdistill.training.logs import RunCSVLogger
+
+    run_dir = Path(cfg["output"]["dir"]) / cfg["name"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume is True and not last.is_file():
+        raise UserError(f"--resume: {last} does not exist; drop --resume to start the run")
+    ckpt_path = last if (resume is not False and last.is_file()) else None
+    if cfg["trainer"]["threads"]:
+        torch.set_num_threads(int(cfg["trainer"]["threads"]))
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    data = MoseiDataModule(cfg["data"], int(cfg["seed"]), splits)
+    train = data.splits["train"]
+    teacher = build_teacher(cfg) if cfg["kind"] == "student" else None
+    model = build_model(cfg, train, teacher)
+    loss = build_loss(cfg["loss"]["name"], **loss_kwargs(cfg, train))
+    probe = next(iter(DataLoader(data.dataset("train"), batch_size=2)))
+    module = MultLightningModule(model, loss, cfg, teacher=teacher, probe=probe)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = {
+        **cfg,
+        "params": model.num_parameters(),
+        "teacher_params": teacher.num_parameters() if teacher is not None else None,
+    }
+    atomic_write_text(run_dir / CONFIG, dump_config(saved))
+    if ckpt_path is None and (run_dir / METRICS).is_file():
+        (run_dir / METRICS).unlink()  # a fresh run must not append to an older run's rows
+    loggers = [
+        RunCSVLogger(run_dir / METRICS, resume_step=read_checkpoint_step(ckpt_path) if ckpt_path else None),
+        TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
+    ]
+    checkpoints = RunCheckpoints(
+        run_dir,
+        name=cfg["name"],
+        method=cfg["method"],
+        params=model.num_parameters(),
+        epoch_checkpoints=bool(cfg["output"]["epoch_checkpoints"]),
+    )
+    t = cfg["trainer"]
+    callbacks: list[Any] = [checkpoints] + ([_progress_bar()] if t["progress_bar"] else [])
+    kwargs: dict[str, Any] = dict(
+        max_epochs=int(t["epochs"]),
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        precision=str(t["precision"]),
+        log_every_n_steps=int(t["log_every_n_steps"]),
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_progress_bar=bool(t["progress_bar"]),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+        deterministic=bool(t["deterministic"]),
+    )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if t[key] is not None:
+            kwargs[key] = t[key]
+    with warnings.catch_warnings():
+        for pattern in (
+            ".*does not have many workers.*",
+            ".*GPU available but not used.*",
+            ".*LeafSpec.*",
+            ".*is smaller than the logging interval.*",
+            ".*tensorboardX.*",
+        ):
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer = pl.Trainer(**kwargs)
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else {}
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and summary:
+        summary.update(kind=cfg["kind"], row=cfg["row"], configuration=cfg["configuration"])
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ---- evaluation of a finished run ----
+@torch.no_grad()
+def predict(model: nn.Module, split: MoseiSplit, batch_size: int = 64) -> np.ndarray:
+    """Model outputs on a whole split (eval mode, CPU or the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    for batch in DataLoader(MoseiDataset(split), batch_size=batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        outs.append(logits_of(model.forward_batch(batch)).float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def measure_latency(
+    model: nn.Module,
+    split: MoseiSplit,
+    batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median forward latency (ms) of one batch, after warm-up; CUDA is synchronised when used."""
+    import time
+
+    model.eval()
+    device = next(model.parameters()).device
+    batch = next(iter(DataLoader(MoseiDataset(split), batch_size=batch_size)))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model.forward_batch(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(old)
+    return {
+        "latency_ms": float(np.median(times)),
+        "latency_min_ms": float(np.min(times)),  # the least disturbed run: robust on a shared, busy machine
+        "latency_batch": batch_size,
+        "device": str(device),
+        "threads": threads or old,
+    }
+
+
+def evaluate_mult_run(
+    run_dir: str | Path, split: str = "test", pickle_path: str | None = None, latency: bool = True
+) -> dict[str, Any]:
+    """Metrics of a run's best model on ``split``; writes RUN/eval/results.json, results.md, per_sample.csv."""
+    import yaml
+
+    from mtdistill.evaluation.mosei_metrics import majority_baseline
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG}); pass the folder `mtdistill mult train` wrote")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    model = load_mult_checkpoint(resolve_model_file(run_dir))
+    splits = load_mosei(pickle_path or cfg["data"]["pickle"])
+    if split not in splits:
+        raise UserError(f"split {split!r} is not one of {list(splits)}")
+    outputs = predict(model, splits[split])
+    metrics = mosei_metrics(outputs, splits[split].labels)
+    result: dict[str, Any] = {
+        "name": cfg["name"],
+        "kind": cfg["kind"],
+        "method": cfg.get("method"),
+        "row": cfg.get("row"),
+        "configuration": cfg.get("configuration"),
+        "split": split,
+        "metrics": metrics,
+        "majority_baseline": majority_baseline(splits["train"].classes, splits[split].classes),
+        "params": model.num_parameters(),
+        "model": {
+            "kind": "teacher" if isinstance(model, MulT) else "student",
+            "mode": model.config.mode if isinstance(model, MulT) else None,
+            "student_kind": model.config.kind if isinstance(model, VideoStudent) else None,
+        },
+    }
+    if latency:
+        result["latency"] = measure_latency(model, splits[split])
+    out = run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
+    rows = ["| metric | value |", "|---|---|"] + [
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    ]
+    atomic_write_text(out / "results.md", f"# {cfg['name']} on {split}\n\n" + "\n".join(rows) + "\n")
+    pred = outputs.argmax(axis=1) if outputs.ndim == 2 and outputs.shape[1] > 1 else outputs.reshape(-1)
+    lines = ["index,label,prediction"] + [
+        f"{i},{y:.4f},{p}" for i, (y, p) in enumerate(zip(splits[split].labels, pred, strict=True))
+    ]
+    atomic_write_text(out / "per_sample.csv", "\n".join(lines) + "\n")
+    return result
+
+
+__all__ = [
+    "MULT_SCHEMA",
+    "MoseiDataModule",
+    "MultLightningModule",
+    "StudentConfig",
+    "evaluate_mult_run",
+    "load_mult_config",
+    "train_mult",
+]
