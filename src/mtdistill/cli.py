@@ -28,7 +28,11 @@ COMMANDS = (
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    parser = argparse.ArgumentParser(prog="mtdistill", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mtdistill",
+        description="Multimodal Transformer distillation: VocaLiST -> MTDVocaLiST, MulT -> video-only students.",
+        epilog="Start with `mtdistill demo`; `mtdistill COMMAND --help` for each command.",
+    )
     parser.add_argument("--version", action="version", version=f"mtdistill {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules: dict[str, object] = {}

@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
     table = (out / "report" / "table1.md").read_text() if (out / "report" / "table1.md").is_file() else ""
     print("\n" + table.strip())
-    print(f"\nfigures and tables: {out / 'report'}  ({', '.join(sorted(p.name for p in (out / 'report').glob('*.png')))})")
+    print(
+        f"\nfigures and tables: {out / 'report'}  ({', '.join(sorted(p.name for p in (out / 'report').glob('*.png')))})"
+    )
     print(
         f"sync on {clip.name}: offset {track.offset_frames:+d} frames ({track.offset_ms:+.0f} ms), "
         f"confidence {track.confidence:.2f}, verdict {track.verdict}; true offset {scale.sync_offset:+d} -> "

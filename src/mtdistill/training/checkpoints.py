@@ -195,3 +195,27 @@ class RunCheckpoints(pl.Callback):
             "global_step": int(trainer.global_step),
         }
         atomic_write_text(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+class ResumableStateMixin:
+    """LightningModule hooks shared by every trainer: RNG state and per-epoch F1 travel in the checkpoint
+    (exact resume), and gradient clipping covers the whole update (model + loss weights)."""
+
+    val_f1_of_epoch: dict[int, float]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["mtdistill"] = {"rng": rng_state(), "val_f1_of_epoch": dict(self.val_f1_of_epoch)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mtdistill", {})
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.val_f1_of_epoch = {int(k): float(v) for k, v in state.get("val_f1_of_epoch", {}).items()}
+
+    @staticmethod
+    def clip_update(optimizer, norm: float | None) -> None:
+        if norm:
+            import torch
+
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, float(norm))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mtdistill.evaluation.f1 import batch_weighted_f1, epoch_f1
 from mtdistill.models.vocalist import SyncOutput, VocaLiST
-from mtdistill.training.checkpoints import reseed, rng_state, set_rng_state
+from mtdistill.training.checkpoints import ResumableStateMixin, reseed
 from mtdistill.training.schedule import EpochStepLR
 
 
@@ -37,7 +37,7 @@ def needs_capture(loss: nn.Module) -> bool:
     return bool(getattr(loss, "needs_capture", getattr(loss, "needs_teacher", True)))
 
 
-class SyncLightningModule(pl.LightningModule):
+class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
     """Student (or teacher-from-scratch) training with any registered loss.
 
     Optimizer: one Adam with two param groups, the model and the loss's own parameters (UW/AW weights,
@@ -190,15 +190,4 @@ class SyncLightningModule(pl.LightningModule):
         # optim.max_grad_norm (recipe) or the loss's own grad_clip (AW "requires gradient clipping"):
         # the whole update (model + loss weights) is clipped together
         norm = self.cfg["optim"]["max_grad_norm"] or getattr(self.loss, "max_grad_norm", None)
-        if norm:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, float(norm))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mtdistill"] = {"rng": rng_state(), "val_f1_of_epoch": dict(self.val_f1_of_epoch)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("mtdistill", {})
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        self.val_f1_of_epoch = {int(k): float(v) for k, v in state.get("val_f1_of_epoch", {}).items()}
+        self.clip_update(optimizer, norm)

@@ -35,12 +35,11 @@ from mtdistill.training.checkpoints import (
     MODEL_BEST,
     SUMMARY,
     AtomicCheckpointIO,
+    ResumableStateMixin,
     RunCheckpoints,
     atomic_write_text,
     read_checkpoint_step,
-    rng_state,
     seed_epoch,
-    set_rng_state,
 )
 from mtdistill.training.config import OPEN, _k, _validate_section, apply_overrides, dump_config, read_yaml
 
@@ -146,7 +145,7 @@ def labels_for(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 # ---- module ----
-class MultLightningModule(pl.LightningModule):
+class MultLightningModule(ResumableStateMixin, pl.LightningModule):
     """Trains ``student`` (a MulT teacher from scratch, or a video-only student) with a registered MulT loss."""
 
     def __init__(
@@ -244,18 +243,7 @@ class MultLightningModule(pl.LightningModule):
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
     ) -> None:
         norm = self.cfg["optim"]["max_grad_norm"]
-        if norm:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, float(norm))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mtdistill"] = {"rng": rng_state(), "val_f1_of_epoch": dict(self.val_f1_of_epoch)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("mtdistill", {})
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        self.val_f1_of_epoch = {int(k): float(v) for k, v in state.get("val_f1_of_epoch", {}).items()}
+        self.clip_update(optimizer, norm)
 
 
 # ---- building a run ----

@@ -1,0 +1,34 @@
+"""The README's main job, end to end, at its --fast scale (a few minutes on 2 CPU cores)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_fast_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtdistill", "demo", "--fast", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert set(summary["runs"]) == {"demo_teacher", "demo_mtd", "demo_bce"}
+    for run in summary["runs"].values():
+        results = json.loads((Path(run) / "eval" / "results.json").read_text())
+        assert set(results["accuracy"]) == {"5", "7", "9", "11", "13", "15"}
+        assert (Path(run) / "model_best.safetensors").is_file()
+    table = (out / "report" / "table1.md").read_text()
+    assert "MTD (UW-25D)" in table and "ours (demo_bce)" in table
+    for fig in ("fig2_params_vs_accuracy.png", "fig4_loss_ratio.png"):
+        assert (out / "report" / fig).stat().st_size > 1000
+    assert summary["sync"]["true_offset"] == 4 and isinstance(summary["sync"]["offset_frames"], int)
+    assert "sync on sync_check_offset+4.mp4: offset" in proc.stdout
