@@ -212,6 +212,16 @@ class ResumableStateMixin:
             set_rng_state(state["rng"])
         self.val_f1_of_epoch = {int(k): float(v) for k, v in state.get("val_f1_of_epoch", {}).items()}
 
+    def log_train_step(self, total, batch_size: int):
+        """Log the total, every term of the loss (Fig. 4 curves) and the lr; return the total."""
+        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+        for name, value in getattr(self.loss, "terms", {}).items():
+            if name != "total":
+                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=batch_size)
+        lr = self.optimizers().param_groups[0]["lr"]
+        self.log("lr", lr, on_step=True, on_epoch=False, batch_size=batch_size)
+        return total
+
     @staticmethod
     def clip_update(optimizer, norm: float | None) -> None:
         if norm:

@@ -117,13 +117,7 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
         teacher_out = self.teacher_forward(video, mel) if self.teacher_needed else None
         student_out = self.student_forward(video, mel, capture=self.student_capture)
         total = self.loss(student_out, teacher_out, labels)
-        bs = labels.shape[0]
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
-        for name, value in getattr(self.loss, "terms", {}).items():
-            if name != "total":
-                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return total
+        return self.log_train_step(total, labels.shape[0])
 
     def on_validation_epoch_start(self) -> None:
         self._val_batch_f1 = []

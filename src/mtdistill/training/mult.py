@@ -196,13 +196,7 @@ class MultLightningModule(ResumableStateMixin, pl.LightningModule):
         t_out = self.teacher_forward(batch) if self.teacher_needed else None
         s_out = self.student.forward_batch(batch, capture=self.capture["student"])
         total = self.loss(s_out, t_out, labels_for(self.student, batch), batch["index"])
-        bs = batch["index"].shape[0]
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
-        for name, value in getattr(self.loss, "terms", {}).items():
-            if name != "total":
-                self.log(f"train/{name}", value, on_step=True, on_epoch=False, batch_size=bs)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=bs)
-        return total
+        return self.log_train_step(total, batch["index"].shape[0])
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
