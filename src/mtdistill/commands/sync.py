@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtdistill.errors import UserError
+
 HELP = "estimate the audio-visual offset of a video per face track (offset, confidence, verdict; --json, --plot)"
 
 
@@ -75,6 +77,10 @@ def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not Path(args.video).is_file():  # say so before asking for a checkpoint
+        raise UserError(f"video {args.video} not found; give the path of a video file")
     result = sync_from_args(args, args.video)
     if args.plot:
         from mtdistill.inference.plot import plot_sync
