@@ -1,10 +1,11 @@
 """Sync tool speed and memory, ONNX / int8 latency and agreement (run by hand; results in RESULTS.md).
 
-    python benchmarks/bench_inference.py rtf        [--realvideos DIR] [--checkpoint CKPT --preset P] [--stride 5]
+    python benchmarks/bench_inference.py rtf        [--realvideos DIR] [--checkpoint CKPT] [--stride 5] [--bf16]
     python benchmarks/bench_inference.py latency    [--checkpoint CKPT]
     python benchmarks/bench_inference.py int8       [--checkpoint CKPT] [--clips 6]
     python benchmarks/bench_inference.py rss        [--minutes 10] [--stride 5]
     python benchmarks/bench_inference.py calibrate  --checkpoint CKPT [--clips 12]
+    python benchmarks/bench_inference.py stride     --checkpoint CKPT [--clips 6]
 
 Without --checkpoint the student / teacher have random weights: speed and memory do not depend on the weights,
 accuracy does (the int8 run then reports agreement of the chosen offsets between fp32 and int8 instead).
@@ -45,7 +46,7 @@ def bench_rtf(args) -> dict:
     for clip in sorted(Path(args.realvideos).glob("*.mp4")):
         t0 = time.perf_counter()
         try:
-            res = sync_video(clip, model, stride=args.stride)
+            res = sync_video(clip, model, stride=args.stride, bf16=args.bf16)
         except Exception as exc:  # noqa: BLE001 - report and go on
             rows.append({"clip": clip.name, "error": str(exc)})
             continue
@@ -65,7 +66,7 @@ def bench_rtf(args) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     ok = [r for r in rows if "rtf" in r]
     total = sum(r["wall_s"] for r in ok) / max(sum(r["duration_s"] for r in ok), 1e-9)
-    return {"stride": args.stride, "clips": rows, "rtf_overall": round(total, 3)}
+    return {"stride": args.stride, "bf16": args.bf16, "clips": rows, "rtf_overall": round(total, 3)}
 
 
 def _time(fn, repeat: int = 3) -> float:
@@ -203,11 +204,12 @@ def bench_rss(args) -> dict:
 
 def bench_calibrate(args) -> dict:
     """Confidence of in-sync / shifted clips versus clips with another clip's audio (no true offset)."""
-    from mtdistill.data.synthetic import make_talking_video, talking_clip, write_mp4
+    from mtdistill.data.synthetic import make_talking_video
+    from mtdistill.inference.calibrate import CALIBRATION_MARGIN, swapped_audio_confidences
     from mtdistill.inference.sync import sync_video
 
     model = _model(args)
-    matched, mismatched = [], []
+    matched = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.clips):
             k = int(np.random.default_rng(i).integers(-8, 9))
@@ -215,35 +217,65 @@ def bench_calibrate(args) -> dict:
             make_talking_video(p, seed=900 + i, duration_s=4.0, offset_frames=k)
             t = sync_video(p, model, stride=1).main_track()
             matched.append({"k": k, "est": t.offset_frames, "conf": round(t.confidence, 3)})
-            a, b = talking_clip(900 + i, 4.0), talking_clip(5000 + i, 4.0)
-            q = Path(tmp) / f"m{i}.mp4"
-            write_mp4(q, a.frames, b.audio)
-            mismatched.append({"conf": round(sync_video(q, model, stride=1).main_track().confidence, 3)})
-            print(matched[-1], mismatched[-1], flush=True)
+            print(matched[-1], flush=True)
+    mismatched = [{"conf": round(c, 3)} for c in swapped_audio_confidences(model, args.clips)]
     hi = max(m["conf"] for m in mismatched)
     ok = [m["conf"] for m in matched if abs(m["est"] - m["k"]) <= 1]
     return {
         "matched": matched,
         "mismatched": mismatched,
         "max_mismatched_conf": hi,
-        "suggested_min_confidence": round(hi * 1.1, 3),
-        "matched_correct_above": sum(c >= hi * 1.1 for c in ok),
+        "suggested_min_confidence": round(hi * CALIBRATION_MARGIN, 3),
+        "matched_correct_above": sum(c >= hi * CALIBRATION_MARGIN for c in ok),
     }
+
+
+def bench_stride(args) -> dict:
+    """Offset recovery (|est - k| <= 1) and time at stride 1 vs 5 on synthetic clips of known offset."""
+    from mtdistill.data.synthetic import make_talking_video
+    from mtdistill.inference.sync import sync_video
+
+    model = _model(args)
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = []
+        for i in range(args.clips):
+            k = int(np.random.default_rng(100 + i).integers(-10, 11))
+            for dur in (2.0, 4.0, 8.0):
+                p = Path(tmp) / f"s{i}_{dur:g}.mp4"
+                make_talking_video(p, seed=1200 + i, duration_s=dur, offset_frames=k)
+                clips.append((p, k, dur))
+        for stride in (1, 5):
+            for dur in (2.0, 4.0, 8.0):
+                hits, secs = 0, 0.0
+                for p, k, d in clips:
+                    if d != dur:
+                        continue
+                    t0 = time.perf_counter()
+                    est = sync_video(p, model, stride=stride).main_track().offset_frames
+                    secs += time.perf_counter() - t0
+                    hits += abs(est - k) <= 1
+                row = {"recovered": f"{hits}/{args.clips}", "mean_s": round(secs / args.clips, 2)}
+                out[f"stride {stride}, {dur:g} s"] = row
+                print(stride, dur, row, flush=True)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("rtf", "latency", "int8", "rss", "calibrate"))
+    p.add_argument("what", choices=("rtf", "latency", "int8", "rss", "calibrate", "stride"))
     p.add_argument("--realvideos", default=str(REALVIDEOS))
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--preset", default=None)
     p.add_argument("--stride", type=int, default=5)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--clips", type=int, default=6)
+    p.add_argument("--bf16", action="store_true", help="rtf: bfloat16 autocast (sync --bf16)")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args()
-    result = {"bench_rtf": bench_rtf, "latency": bench_latency, "int8": bench_int8, "rss": bench_rss,
-              "calibrate": bench_calibrate}["bench_rtf" if args.what == "rtf" else args.what](args)  # fmt: skip
+    benches = {"rtf": bench_rtf, "latency": bench_latency, "int8": bench_int8, "rss": bench_rss,
+               "calibrate": bench_calibrate, "stride": bench_stride}  # fmt: skip
+    result = benches[args.what](args)
     result = {"what": args.what, "torch_threads": torch.get_num_threads(), **result}
     print(json.dumps(result, indent=1))
     if args.json:

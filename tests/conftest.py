@@ -11,11 +11,10 @@ TRAINED_TINY = Path(__file__).parent / "data" / "trained_tiny.safetensors"
 
 @pytest.fixture(scope="session")
 def trained_tiny_model():
-    """A VocaLiST.tiny() trained on the synthetic corpus, committed as tests/data/trained_tiny.safetensors.
+    """A tiny VocaLiST trained on the synthetic corpus, committed as tests/data/trained_tiny.safetensors.
 
-    Training one takes far longer than the test budget on a 2-core CPU, so the file is made once (e.g.
-    `mtdistill train configs/demo_teacher.yaml --set model.size=tiny ...` run long enough to beat chance) and
-    committed; the tests that need it skip while it is absent (it is not yet: see the README's known limitation).
+    Made once with configs/synthetic_tiny.yaml (recipe header: synth -> prepare -> train, ~20 min on 2 CPU cores)
+    and committed (~0.3 MB); the offset-recovery tests use it. They skip only if the file is removed.
     """
     if not TRAINED_TINY.is_file():
         pytest.skip(f"tests/data/{TRAINED_TINY.name} not present (no trained synthetic-corpus model committed yet)")

@@ -1,7 +1,7 @@
 """Offset recovery with a model trained on the synthetic corpus: |k| <= 10 within +-1 frame, right sign.
 
-Training a VocaLiST model on CPU takes minutes, more than the test budget, so this test uses the shared session
-fixture ``trained_tiny_model`` (tests/conftest.py, published by the core area) when it exists, and skips otherwise.
+Training a VocaLiST model on CPU takes longer than the test budget, so these tests use the committed model of the
+session fixture ``trained_tiny_model`` (tests/conftest.py; recipe configs/synthetic_tiny.yaml).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from mtdistill.data.synthetic import make_talking_video
 from mtdistill.inference.sync import sync_video
 
 OFFSETS = (-10, -6, -3, -1, 0, 2, 4, 7, 10)
+TRAINED_TINY = Path(__file__).parent / "data" / "trained_tiny.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +40,36 @@ def test_trained_model_recovers_offset_and_sign(trained, tmp_path, k: int) -> No
     if abs(k) >= 2:
         assert (track.offset_frames > 0) == (k > 0)  # positive = audio leads video
         assert track.verdict in {"out_of_sync", "undetermined"}
+
+
+@pytest.mark.slow
+def test_bf16_autocast_gives_the_same_offset(trained, tmp_path) -> None:
+    path = tmp_path / "offset_5.mp4"
+    make_talking_video(path, seed=77, duration_s=3.0, offset_frames=5)
+    fp32 = sync_video(path, trained, stride=1).main_track()
+    bf16 = sync_video(path, trained, stride=1, bf16=True).main_track()
+    assert fp32.offset_frames == bf16.offset_frames == 5
+    assert abs(fp32.confidence - bf16.confidence) < 0.1 * max(1.0, fp32.confidence)
+
+
+def test_confident_verdicts_on_shifted_and_mismatched_audio(trained, tmp_path) -> None:
+    from mtdistill.data.synthetic import talking_clip, write_mp4
+
+    shifted = tmp_path / "shifted.mp4"
+    make_talking_video(shifted, seed=31, duration_s=4.0, offset_frames=6)
+    assert sync_video(shifted, trained, stride=1).main_track().verdict == "out_of_sync"
+    a, b = talking_clip(41, 4.0), talking_clip(4100, 4.0)  # another clip's audio: no true offset
+    dubbed = tmp_path / "dubbed.mp4"
+    write_mp4(dubbed, a.frames, b.audio)
+    assert sync_video(dubbed, trained, stride=1).main_track().verdict == "undetermined"
+
+
+@pytest.mark.slow
+def test_fix_auto_puts_a_shifted_clip_back_in_sync(trained, tmp_path) -> None:
+    from mtdistill.cli import main
+
+    shifted, fixed = tmp_path / "shifted.mp4", tmp_path / "fixed.mp4"
+    make_talking_video(shifted, seed=61, duration_s=4.0, offset_frames=-7)
+    assert main(["fix", str(shifted), "-o", str(fixed), "--checkpoint", str(TRAINED_TINY)]) == 0  # --offset auto
+    after = sync_video(fixed, trained, stride=1).main_track()
+    assert abs(after.offset_frames) <= 1 and after.verdict == "in_sync", (after.offset_frames, after.confidence)

@@ -50,6 +50,16 @@ def test_constant_rates_are_resampled_by_timestamps(tmp_path, rate: Fraction) ->
     assert got == expected
 
 
+def test_unwanted_frames_are_skipped_without_shifting_the_timeline(tmp_path) -> None:
+    # 30 fps source -> 25 fps: frames are dropped by timestamp; skipping conversion must not change which is which
+    write_video(tmp_path / "w.mp4", 61, 30, (W, H), frame_fn=code_frame)
+    every = decoded_indices(tmp_path / "w.mp4")
+    got = list(iter_frames(tmp_path / "w.mp4", want=lambda k: k % 5 == 0))
+    assert [k for k, _ in got] == list(range(len(every)))
+    assert all((rgb is None) == (k % 5 != 0) for k, rgb in got)
+    assert [read_code(rgb) for k, rgb in got if rgb is not None] == every[::5]
+
+
 def test_variable_frame_rate_uses_pts(tmp_path) -> None:
     rng = np.random.default_rng(3)
     steps = rng.integers(15, 70, size=60)  # 15..70 ms between frames

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 
 import av
 import numpy as np
@@ -113,12 +114,23 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- the recipe
 
 
-@lru_cache(maxsize=1)
-def mel_basis() -> np.ndarray:
-    """The (80, 401) Slaney mel filterbank (spec §3.2): librosa's, which equals torchaudio's MelScale."""
+MEL_BASIS_FILE = Path(__file__).parent / "resources" / "mel_basis_slaney_16k_800_80_55_7600.npy"
+
+
+def librosa_mel_basis() -> np.ndarray:
+    """The (80, 401) Slaney mel filterbank (spec §3.2) straight from librosa (equals torchaudio's MelScale)."""
     import librosa
 
     return librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, norm="slaney", htk=False)
+
+
+@lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    """librosa's filterbank, read from the copy saved with the package (a test checks they are identical):
+    importing librosa costs ~2 s, most of a short clip's `sync` time. Falls back to librosa itself."""
+    if MEL_BASIS_FILE.is_file():
+        return np.load(MEL_BASIS_FILE)
+    return librosa_mel_basis()
 
 
 _TORCH_CACHE: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+MOUTH_GAIN = 2.2
+"""Drawn opening = min(1, MOUTH_GAIN * jaw): speech jaw tracks rarely pass 0.45, so this makes them span the range."""
+
 SKIN_TONES = (  # RGB, light to dark
     (241, 204, 177),
     (226, 182, 150),
@@ -239,15 +242,18 @@ def draw_face(
 
     # mouth: lips outline, dark cavity, upper teeth; width from the vowel class, height from the jaw
     mx, my = at(app.cx, app.cy + 0.33 * s / pose.scale)
-    half_w = 0.17 * s * (1.0 + 0.28 * width)
-    open_h = 0.012 * s + 0.11 * s * jaw
+    half_w = 0.21 * s * (1.0 + 0.25 * width)
+    # speech keeps the jaw track mostly in 0.1-0.45: the gain spreads that over the drawn range, so a mouth
+    # crop shows clearly how open the mouth is (with the raw track the cavity was a few pixels high)
+    opening = min(1.0, MOUTH_GAIN * jaw)
+    open_h = 0.012 * s + 0.15 * s * opening
     lip_t = 0.03 * s
     angle = -pose.angle
     cv2.ellipse(
         canvas, _pt(mx, my), _ax(half_w + lip_t * 0.6, open_h + lip_t), angle, 0, 360, app.lip, -1, cv2.LINE_AA, 4
     )
     cv2.ellipse(canvas, _pt(mx, my), _ax(half_w, open_h), angle, 0, 360, (75, 28, 32), -1, cv2.LINE_AA, 4)
-    if jaw > 0.15:
+    if opening > 0.3:
         teeth_h = min(open_h * 0.35, 0.03 * s)
         ty = my - open_h + teeth_h * 0.8
         cv2.ellipse(canvas, _pt(mx, ty), _ax(half_w * 0.7, teeth_h), angle, 0, 360, (230, 228, 220), -1, cv2.LINE_AA, 4)

@@ -51,6 +51,7 @@ class ModelSpec:
     min_confidence: float | None = None
     detector: str = "haar"
     detect_every: int | None = None
+    bf16: bool = False
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -97,6 +98,7 @@ def _score_one(video: str) -> list[dict]:
             min_confidence=spec.min_confidence,
             detector=spec.detector,
             detect_every=spec.detect_every,
+            bf16=spec.bf16,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]

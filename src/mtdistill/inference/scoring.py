@@ -67,8 +67,10 @@ class PairScorer:
         chunk_pairs: int = 1024,
         encode_chunk: int = 32,
         device: str | torch.device | None = None,
+        bf16: bool = False,
     ) -> None:
         self.model = model
+        self.bf16 = bool(bf16)
         self.fast = is_vocalist_family(model)
         self.chunk_pairs = chunk_pairs
         # the video prenet's first two layers hold (chunk, 2 * width_0, 48, 96, 5) floats: 32 windows keep the
@@ -80,8 +82,13 @@ class PairScorer:
             model.to(self.device)
         model.eval()
 
+    def _autocast(self) -> torch.autocast:
+        # bf16 halves the cost of the Conv3d front end where the CPU has BF16 dot products (or on a GPU)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.fast)
+
     def _encode(self, fn, x: torch.Tensor) -> torch.Tensor:
-        parts = [fn(x[s : s + self.encode_chunk].to(self.device)) for s in range(0, x.shape[0], self.encode_chunk)]
+        with self._autocast():
+            parts = [fn(x[s : s + self.encode_chunk].to(self.device)) for s in range(0, x.shape[0], self.encode_chunk)]
         return torch.cat(parts, dim=1)
 
     @torch.inference_mode()
@@ -102,7 +109,8 @@ class PairScorer:
         for s in range(0, len(vi), self.chunk_pairs):
             v, a = vi_t[s : s + self.chunk_pairs], ai_t[s : s + self.chunk_pairs]
             if self.fast:
-                logits = self.model.backend(vid[:, v.to(vid.device)], aud[:, a.to(aud.device)])
+                with self._autocast():
+                    logits = self.model.backend(vid[:, v.to(vid.device)], aud[:, a.to(aud.device)])
             else:
                 logits = self.model(vid[v].to(self.device), aud[a].to(self.device))
             out[s : s + len(v)] = logits.reshape(-1).float().cpu().numpy()

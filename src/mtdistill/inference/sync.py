@@ -39,9 +39,10 @@ SIGN_CONVENTION = (
 )
 IN_SYNC_TOLERANCE = 1
 """|offset| <= 1 frame (40 ms) counts as in sync, the evaluation protocol's tolerance (spec 4.4)."""
-DEFAULT_MIN_CONFIDENCE = 0.5
-"""Logit margin below which the verdict is undetermined (VocaLiST models); calibrated on synthetic clips with
-known offsets versus clips with another clip's audio (docs/sync.md)."""
+DEFAULT_MIN_CONFIDENCE = 1.8
+"""Logit margin below which the verdict is undetermined (VocaLiST models). Calibrated with the committed trained
+tiny model (`bench_inference.py calibrate`, 10 + 10 synthetic 4 s clips): clips with another clip's audio scored
+0.33-1.39, clips with known offsets 2.25-3.38 (all 10 exact); 1.8 sits between the two (docs/sync.md)."""
 SYNCNET_MIN_CONFIDENCE = 3.0
 """LSE-C below which a SyncNet verdict is undetermined: a conventional value (LRS2-like real talking faces score
 ~6-8, mismatched audio ~1-2 in the lip-sync literature); not calibrated here (no SyncNet weights offline)."""
@@ -264,6 +265,7 @@ def sync_video(
     progress: bool = False,
     chunk_windows: int = CHUNK_WINDOWS,
     detect_every: int | None = None,
+    bf16: bool = False,
 ) -> SyncResult:
     """Estimate the audio-visual offset of every face track in ``path`` (see the module docstring).
 
@@ -271,6 +273,7 @@ def sync_video(
     `SyncNet` (LSE-C / LSE-D readout). ``preset`` overrides the model's own input preset. ``detect_every``:
     run the face detector on every n-th frame only (boxes in between are interpolated by the tracker); default
     min(stride, 5), since a stride already trades time resolution for speed and detection dominates the cost.
+    ``bf16``: bfloat16 autocast for the model (VocaLiST family; fast on CPUs with AVX512-BF16 and on GPUs).
     """
     from mtdistill.models.syncnet import SyncNet
 
@@ -321,7 +324,7 @@ def sync_video(
         )
     if n_audio_windows(len(wave)) < 1:
         raise UserError(f"{path}: audio too short ({len(wave) / 16000:.2f} s); sync needs at least 0.2 s of sound")
-    scorer = PairScorer(model, device=device)
+    scorer = PairScorer(model, device=device, bf16=bf16)
     t2 = time.perf_counter()
     from tqdm import tqdm
 

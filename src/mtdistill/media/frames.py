@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -83,8 +83,11 @@ def output_size(width: int, height: int, max_width: int | None) -> tuple[int, in
 
 
 def iter_frames(
-    path: str | os.PathLike, fps: float = FPS, max_width: int | None = MAX_WIDTH
-) -> Iterator[tuple[int, np.ndarray]]:
+    path: str | os.PathLike,
+    fps: float = FPS,
+    max_width: int | None = MAX_WIDTH,
+    want: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, np.ndarray | None]]:
     """Yield (k, rgb uint8 HxWx3) at a constant `fps`, resampled by presentation timestamps.
 
     Output frame k shows time t_k = k / fps on the container timeline (t = 0 is the container start, the same
@@ -93,6 +96,8 @@ def iter_frames(
     first frame is shown (streams that start late). Frames continue while t_k is before the end of the last
     decoded frame (its pts + duration). A generator holding one decoded frame: memory does not grow with the
     length of the video. Frames wider than `max_width` are downscaled (aspect kept); None keeps full size.
+    ``want(k) -> False`` yields (k, None) instead of a picture: the frame is never converted to RGB, which is
+    most of the per-frame cost of large videos (e.g. face detection on every 5th frame only).
 
     Raises UserError when the file has no video stream or no frame decodes; a stream that breaks after some
     frames (truncated file) ends there.
@@ -111,7 +116,6 @@ def iter_frames(
         width, height = output_size(stream.codec_context.width, stream.codec_context.height, max_width)
         k = 0
         held: av.VideoFrame | None = None  # converted to RGB only when shown: skipped frames cost no conversion
-        held_rgb: np.ndarray | None = None
         held_end = Fraction(0)
         decoded = 0
         frames = container.decode(stream)
@@ -134,21 +138,29 @@ def iter_frames(
                 duration = Fraction(int(frame.duration)) * Fraction(frame.time_base)
             if held is None:
                 held = frame  # before the first decoded frame: show the first frame
-            # output frames whose time is before this frame's pts show the held (previous) frame
-            while Fraction(k) / step < t:
-                if held_rgb is None:
-                    held_rgb = _to_rgb(held, width, height)
-                yield k, held_rgb
-                k += 1
-            held, held_rgb = frame, None
+            # output frames whose time is before this frame's pts (k / fps < t) show the held (previous) frame
+            k_end = max(k, math.ceil(t * step))
+            yield from _show(held, range(k, k_end), want, width, height)
+            k = k_end
+            held = frame
             held_end = max(held_end, t + duration)
         if held is None:
             raise UserError(f"{path}: the video stream holds no decodable frames; check the file")
-        while Fraction(k) / step < held_end:
-            if held_rgb is None:
-                held_rgb = _to_rgb(held, width, height)
-            yield k, held_rgb
-            k += 1
+        yield from _show(held, range(k, max(k, math.ceil(held_end * step))), want, width, height)
+
+
+def _show(
+    frame: av.VideoFrame, ks: range, want: Callable[[int], bool] | None, width: int, height: int
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Output frames ``ks`` all showing ``frame``, converted to RGB once and only if some k is wanted."""
+    rgb = None
+    for k in ks:
+        if want is not None and not want(k):
+            yield k, None
+            continue
+        if rgb is None:
+            rgb = _to_rgb(frame, width, height)
+        yield k, rgb
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:

@@ -236,20 +236,25 @@ def track_faces(
     info = probe(path, fps)
     if not info.has_video:
         raise UserError(f"{path}: no video stream; face tracking needs a video")
-    dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
-    scale = info.width / dec_w if dec_w else 1.0
+    max_width = MAX_WIDTH
+    det_side = getattr(det, "detect_size", None)
+    if det_side and info.width and info.height:
+        # the detector shrinks frames to det_side anyway: decode at that size, which is far cheaper for HD video
+        max_width = min(MAX_WIDTH, max(2, math.ceil(info.width * det_side / max(info.width, info.height))))
+    dec_w, dec_h = output_size(info.width, info.height, max_width)
+    sx, sy = (info.width / dec_w, info.height / dec_h) if dec_w and dec_h else (1.0, 1.0)
     tracker = IouTracker(iou_threshold=iou_threshold, max_lost=max(max_lost, detect_every))
     n = 0
     from tqdm import tqdm
 
     bar = tqdm(total=info.n_frames or None, desc="tracking faces", unit="frame", disable=not progress, leave=False)
     with bar:
-        for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH):
+        to_frame = np.array([sx, sy, sx, sy], np.float32)
+        for k, rgb in iter_frames(path, fps=fps, max_width=max_width, want=lambda k: k % detect_every == 0):
             n = k + 1
-            if k % detect_every == 0:
+            if rgb is not None:
                 dets = np.asarray(det.detect(rgb), np.float32).reshape(-1, 5)
-                if scale != 1.0:
-                    dets[:, :4] *= scale
+                dets[:, :4] *= to_frame
                 tracker.update(k, dets)
             bar.update(1)
     if n < MIN_FRAMES:
@@ -296,8 +301,8 @@ def iter_mouth_crops(
     if not tracks:
         return
     info = probe(path, fps)
-    dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
-    scale = dec_w / info.width if info.width else 1.0
+    dec_w, dec_h = output_size(info.width, info.height, MAX_WIDTH)
+    scale = np.array([dec_w / info.width, dec_h / info.height] * 2) if info.width and info.height else 1.0
     buffers: dict[int, list[np.ndarray]] = {t.track_id: [] for t in tracks}
     starts: dict[int, int] = {t.track_id: t.start_frame for t in tracks}
     last = max(t.end_frame for t in tracks)
@@ -310,9 +315,14 @@ def iter_mouth_crops(
         starts[t.track_id] = s + len(crops)
         return t.track_id, s, crops, valid
 
-    for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH):
+    def in_a_track(k: int) -> bool:
+        return any(t.start_frame <= k <= t.end_frame for t in tracks)
+
+    for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH, want=in_a_track):
         if k > last:
             break
+        if rgb is None:
+            continue
         for t in tracks:
             if t.start_frame <= k <= t.end_frame:
                 buffers[t.track_id].append(crop_mouth(rgb, t.box_at(k) * scale))

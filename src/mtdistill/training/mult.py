@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,13 @@ from mtdistill.training.checkpoints import (
     METRICS,
     MODEL_BEST,
     SUMMARY,
-    AtomicCheckpointIO,
     ResumableStateMixin,
-    RunCheckpoints,
     atomic_write_text,
     read_checkpoint_step,
     seed_epoch,
 )
 from mtdistill.training.config import OPEN, _k, _validate_section, apply_overrides, dump_config, read_yaml
+from mtdistill.training.engine import fit_run
 
 _INT, _NUM = (int,), (int, float)
 MULT_SCHEMA: dict[str, Any] = {
@@ -308,29 +306,8 @@ def loss_kwargs(cfg: dict[str, Any], split: MoseiSplit) -> dict[str, Any]:
     return kw
 
 
-def _progress_bar() -> Any:
-    import contextlib
-    import sys
-
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
-    class StderrTQDM(TQDMProgressBar):  # bars on stderr so stdout stays clean for results
-        def init_train_tqdm(self) -> Any:
-            with contextlib.redirect_stdout(sys.stderr):
-                return super().init_train_tqdm()
-
-        def init_validation_tqdm(self) -> Any:
-            with contextlib.redirect_stdout(sys.stderr):
-                return super().init_validation_tqdm()
-
-    return StderrTQDM()
-
-
 def train_mult(cfg: dict[str, Any], resume: bool | None = None, splits: dict[str, MoseiSplit] | None = None) -> dict:
     """Train according to a validated recipe; returns summary.json's content."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from mtdistill.training.logs import RunCSVLogger
 
     run_dir = Path(cfg["output"]["dir"]) / cfg["name"]
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -357,49 +334,10 @@ def train_mult(cfg: dict[str, Any], resume: bool | None = None, splits: dict[str
     atomic_write_text(run_dir / CONFIG, dump_config(saved))
     if ckpt_path is None and (run_dir / METRICS).is_file():
         (run_dir / METRICS).unlink()  # a fresh run must not append to an older run's rows
-    loggers = [
-        RunCSVLogger(run_dir / METRICS, resume_step=read_checkpoint_step(ckpt_path) if ckpt_path else None),
-        TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
-    ]
-    checkpoints = RunCheckpoints(
-        run_dir,
-        name=cfg["name"],
-        method=cfg["method"],
-        params=model.num_parameters(),
-        epoch_checkpoints=bool(cfg["output"]["epoch_checkpoints"]),
-    )
-    t = cfg["trainer"]
-    callbacks: list[Any] = [checkpoints] + ([_progress_bar()] if t["progress_bar"] else [])
-    kwargs: dict[str, Any] = dict(
-        max_epochs=int(t["epochs"]),
-        accelerator=t["accelerator"],
-        devices=t["devices"],
-        precision=str(t["precision"]),
-        log_every_n_steps=int(t["log_every_n_steps"]),
-        logger=loggers,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=False,
-        enable_progress_bar=bool(t["progress_bar"]),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run_dir),
-        deterministic=bool(t["deterministic"]),
-    )
-    for key in ("limit_train_batches", "limit_val_batches"):
-        if t[key] is not None:
-            kwargs[key] = t[key]
-    with warnings.catch_warnings():
-        for pattern in (
-            ".*does not have many workers.*",
-            ".*GPU available but not used.*",
-            ".*LeafSpec.*",
-            ".*is smaller than the logging interval.*",
-            ".*tensorboardX.*",
-        ):
-            warnings.filterwarnings("ignore", message=pattern)
-        trainer = pl.Trainer(**kwargs)
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    fit_run(
+        module, data, cfg, run_dir, model.num_parameters(), ckpt_path,
+        read_checkpoint_step(ckpt_path) if ckpt_path else None,
+    )  # fmt: skip
     summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else {}
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and summary:
         summary.update(kind=cfg["kind"], row=cfg["row"], configuration=cfg["configuration"])

@@ -6,13 +6,10 @@ checkpoints/last.ckpt when it exists, and returns the summary dict that it also 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import json
 import os
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +20,11 @@ from mtdistill.training.checkpoints import (
     LAST,
     METRICS,
     SUMMARY,
-    AtomicCheckpointIO,
-    RunCheckpoints,
     atomic_write_text,
     read_checkpoint_step,
 )
 from mtdistill.training.config import dump_config, quirks_of
+from mtdistill.training.engine import fit_run
 
 SIZES = ("teacher", "student", "tiny")
 
@@ -140,29 +136,6 @@ def _launcher_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-class _StderrProgressBar:
-    """Lightning's tqdm bar, drawn on stderr so that stdout stays clean for results."""
-
-    @staticmethod
-    def make() -> Any:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        class StderrTQDM(TQDMProgressBar):
-            def init_sanity_tqdm(self) -> Any:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return super().init_sanity_tqdm()
-
-            def init_train_tqdm(self) -> Any:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return super().init_train_tqdm()
-
-            def init_validation_tqdm(self) -> Any:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return super().init_validation_tqdm()
-
-        return StderrTQDM()
-
-
 def _check_previous_config(run_dir: Path, cfg: dict[str, Any]) -> None:
     """Refuse to resume a run folder whose model / loss / data differ: mixing them would corrupt the run."""
     import yaml
@@ -196,10 +169,8 @@ def _quiet_lightning_tips() -> None:
 def run_recipe(cfg: dict[str, Any], *, expect_kind: str | None = None, resume: bool | str | None = None) -> dict:
     """Train or distill according to a validated recipe; return the run summary."""
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from mtdistill.training.datamodule import PairDataModule
-    from mtdistill.training.logs import RunCSVLogger
     from mtdistill.training.module import SyncLightningModule
 
     if expect_kind is not None and cfg["kind"] != expect_kind:
@@ -238,55 +209,14 @@ def run_recipe(cfg: dict[str, Any], *, expect_kind: str | None = None, resume: b
         if ckpt_path is None and (run_dir / METRICS).is_file():
             (run_dir / METRICS).unlink()  # a fresh run must not append to an older run's rows
     resume_step = read_checkpoint_step(ckpt_path) if ckpt_path is not None and first else None
-    loggers = [
-        RunCSVLogger(run_dir / METRICS, resume_step=resume_step),
-        TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
-    ]
-    checkpoints = RunCheckpoints(
-        run_dir,
-        name=cfg["name"],
-        method=cfg["method"],
-        params=student.num_parameters(),
-        epoch_checkpoints=bool(cfg["output"]["epoch_checkpoints"]),
-    )
     t = cfg["trainer"]
-    callbacks: list[Any] = [checkpoints]
-    if t["progress_bar"]:
-        callbacks.append(_StderrProgressBar.make())
-    trainer_kwargs: dict[str, Any] = dict(
-        max_epochs=int(t["epochs"]),
-        accelerator=t["accelerator"],
-        devices=t["devices"],
+    fit_run(
+        module, data, cfg, run_dir, student.num_parameters(), ckpt_path, resume_step,
         num_nodes=int(t["num_nodes"]),
         strategy=t["strategy"],
-        precision=str(t["precision"]),
         accumulate_grad_batches=int(t["accumulate_grad_batches"]),
         check_val_every_n_epoch=int(t["val_every"]),
-        log_every_n_steps=int(t["log_every_n_steps"]),
-        logger=loggers,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=False,
-        enable_progress_bar=bool(t["progress_bar"]),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run_dir),
-        deterministic=bool(t["deterministic"]),
         limit_val_batches=(t["limit_val_batches"] if t["limit_val_batches"] is not None else 1.0) if has_val else 0,
-    )
-    if t["limit_train_batches"] is not None:
-        trainer_kwargs["limit_train_batches"] = t["limit_train_batches"]
-    with warnings.catch_warnings():
-        # expected on CPU / small demo runs and noise for users
-        for pattern in (
-            ".*does not have many workers.*",
-            ".*GPU available but not used.*",
-            ".*LeafSpec.*",
-            ".*is smaller than the logging interval.*",
-            ".*tensorboardX.*",
-        ):
-            warnings.filterwarnings("ignore", message=pattern)
-        trainer = pl.Trainer(**trainer_kwargs)
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    )  # fmt: skip
     summary_path = run_dir / SUMMARY
     return json.loads(summary_path.read_text()) if summary_path.is_file() else {}

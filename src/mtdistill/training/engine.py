@@ -1,0 +1,99 @@
+"""The Lightning run shared by the VocaLiST and MulT trainers: loggers, checkpoints, progress bar, Trainer, fit."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from mtdistill.training.checkpoints import METRICS, AtomicCheckpointIO, RunCheckpoints
+
+# expected on CPU / small demo runs and noise for users
+_QUIET = (
+    ".*does not have many workers.*",
+    ".*GPU available but not used.*",
+    ".*LeafSpec.*",
+    ".*is smaller than the logging interval.*",
+    ".*tensorboardX.*",
+)
+
+
+def stderr_progress_bar() -> Any:
+    """Lightning's tqdm bar, drawn on stderr so that stdout stays clean for results."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class StderrTQDM(TQDMProgressBar):
+        def init_sanity_tqdm(self) -> Any:
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().init_sanity_tqdm()
+
+        def init_train_tqdm(self) -> Any:
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().init_train_tqdm()
+
+        def init_validation_tqdm(self) -> Any:
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().init_validation_tqdm()
+
+    return StderrTQDM()
+
+
+def fit_run(
+    module: pl.LightningModule,
+    data: pl.LightningDataModule,
+    cfg: dict[str, Any],
+    run_dir: Path,
+    params: int,
+    ckpt_path: Path | None = None,
+    resume_step: int | None = None,
+    **trainer_kwargs: Any,
+) -> None:
+    """Fit ``module`` on ``data`` into ``run_dir`` with the recipe's ``trainer`` and ``output`` sections.
+
+    Writes metrics.csv (resumed rows kept up to ``resume_step``), TensorBoard logs and the run's checkpoints;
+    ``trainer_kwargs`` add or override Trainer arguments (DDP strategy, gradient accumulation, ...).
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mtdistill.training.logs import RunCSVLogger
+
+    t = cfg["trainer"]
+    checkpoints = RunCheckpoints(
+        run_dir,
+        name=cfg["name"],
+        method=cfg["method"],
+        params=params,
+        epoch_checkpoints=bool(cfg["output"]["epoch_checkpoints"]),
+    )
+    kwargs: dict[str, Any] = dict(
+        max_epochs=int(t["epochs"]),
+        accelerator=t["accelerator"],
+        devices=t["devices"],
+        precision=str(t["precision"]),
+        log_every_n_steps=int(t["log_every_n_steps"]),
+        logger=[
+            RunCSVLogger(run_dir / METRICS, resume_step=resume_step),
+            TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
+        ],
+        callbacks=[checkpoints] + ([stderr_progress_bar()] if t["progress_bar"] else []),
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_progress_bar=bool(t["progress_bar"]),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(run_dir),
+        deterministic=bool(t["deterministic"]),
+    )
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if t.get(key) is not None:
+            kwargs[key] = t[key]
+    kwargs.update(trainer_kwargs)
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer = pl.Trainer(**kwargs)
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
