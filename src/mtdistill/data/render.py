@@ -242,11 +242,11 @@ def draw_face(
 
     # mouth: lips outline, dark cavity, upper teeth; width from the vowel class, height from the jaw
     mx, my = at(app.cx, app.cy + 0.33 * s / pose.scale)
-    half_w = 0.21 * s * (1.0 + 0.25 * width)
+    half_w = 0.25 * s * (1.0 + 0.2 * width)
     # speech keeps the jaw track mostly in 0.1-0.45: the gain spreads that over the drawn range, so a mouth
     # crop shows clearly how open the mouth is (with the raw track the cavity was a few pixels high)
     opening = min(1.0, MOUTH_GAIN * jaw)
-    open_h = 0.012 * s + 0.15 * s * opening
+    open_h = 0.012 * s + 0.19 * s * opening
     lip_t = 0.03 * s
     angle = -pose.angle
     cv2.ellipse(
