@@ -301,3 +301,16 @@ def test_bad_inputs_are_one_line_user_errors(workdir: Path) -> None:
         run_recipe(validate(recipe(workdir, "bad3", data={"store": str(workdir / "nostore")})))
     with pytest.raises(UserError, match="run it with `mtdistill distill`"):
         run_recipe(validate(recipe(workdir, "bad4")), expect_kind="train")
+
+
+def test_stop_at_val_f1_ends_the_run_at_the_first_validation_that_reaches_it(workdir: Path) -> None:
+    from mtdistill.training.run import run_recipe
+
+    cfg = recipe(workdir, "stop_early", kind="train", trainer={"epochs": 4, "stop_at_val_f1": 0.0})
+    cfg["loss"] = {"name": "bce"}
+    cfg["teacher"] = {"checkpoint": None}
+    with one_thread():
+        summary = run_recipe(validate(cfg))
+    assert summary["epochs_done"] == 1 and summary["finished"]  # F1 >= 0 holds at the first validation
+    epochs = {int(r["epoch"]) for r in read_metrics(workdir / "runs" / "stop_early")}
+    assert epochs == {0}

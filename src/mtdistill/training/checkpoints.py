@@ -181,7 +181,9 @@ class RunCheckpoints(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.write_summary(trainer, finished=self.epochs_done >= (trainer.max_epochs or 0))
+            # an early stop (trainer.stop_at_val_f1) is a finished run too: resuming would only stop again
+            done = self.epochs_done >= (trainer.max_epochs or 0) or bool(trainer.should_stop)
+            self.write_summary(trainer, finished=done)
 
     def write_summary(self, trainer: pl.Trainer, *, finished: bool) -> None:
         summary = {

@@ -98,6 +98,9 @@ SCHEMA: dict[str, Any] = {
         "limit_val_batches": _k(*_NUM),
         "progress_bar": _k(bool, default=True),
         "deterministic": _k(bool, default=False),
+        # stop once the validation weighted F1 reaches this (small models leave the BCE plateau at a run-to-run
+        # varying step: a generous epoch budget plus this stop keeps short runs short); null = run all epochs
+        "stop_at_val_f1": _k(*_NUM),
     },
     "output": {
         "dir": _k(str, default="runs"),

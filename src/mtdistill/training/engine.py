@@ -88,6 +88,15 @@ def fit_run(
         default_root_dir=str(run_dir),
         deterministic=bool(t["deterministic"]),
     )
+    if t.get("stop_at_val_f1") is not None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        kwargs["callbacks"].append(
+            EarlyStopping(
+                monitor="val/f1", mode="max", stopping_threshold=float(t["stop_at_val_f1"]), patience=10**9,
+                check_on_train_epoch_end=False, verbose=False,
+            )
+        )  # fmt: skip
     for key in ("limit_train_batches", "limit_val_batches"):
         if t.get(key) is not None:
             kwargs[key] = t[key]

@@ -200,6 +200,8 @@ def run_recipe(cfg: dict[str, Any], *, expect_kind: str | None = None, resume: b
         bool(cfg["data"]["val_split"]) and PairDataModule.split_size(cfg["data"]["store"], cfg["data"]["val_split"]) > 0
     )
     if not has_val:
+        if cfg["trainer"].get("stop_at_val_f1") is not None:
+            raise UserError("trainer.stop_at_val_f1 needs a validation split with utterances; set data.val_split")
         cfg["data"]["val_split"] = None
 
     run_dir.mkdir(parents=True, exist_ok=True)
