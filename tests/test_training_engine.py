@@ -314,3 +314,5 @@ def test_stop_at_val_f1_ends_the_run_at_the_first_validation_that_reaches_it(wor
     assert summary["epochs_done"] == 1 and summary["finished"]  # F1 >= 0 holds at the first validation
     epochs = {int(r["epoch"]) for r in read_metrics(workdir / "runs" / "stop_early")}
     assert epochs == {0}
+    with pytest.raises(UserError, match=r"stop_at_val_f1' is a weighted F1 in \[0, 1\], got 70"):
+        validate(recipe(workdir, "bad_stop", trainer={"stop_at_val_f1": 70}))

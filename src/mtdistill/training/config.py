@@ -265,6 +265,9 @@ def _check_semantics(cfg: dict[str, Any], where: str) -> None:
             raise UserError(f"config {where}: 'trainer.{key}' must be >= 1, got {cfg['trainer'][key]}")
     if cfg["optim"]["lr"] <= 0:
         raise UserError(f"config {where}: 'optim.lr' must be > 0, got {cfg['optim']['lr']}")
+    stop = cfg["trainer"].get("stop_at_val_f1")
+    if stop is not None and not 0.0 <= stop <= 1.0:
+        raise UserError(f"config {where}: 'trainer.stop_at_val_f1' is a weighted F1 in [0, 1], got {stop}")
     for i, entry in enumerate(cfg["val_extra_losses"]):
         if not isinstance(entry, (str, dict)) or (isinstance(entry, dict) and "name" not in entry):
             raise UserError(
