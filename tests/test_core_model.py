@@ -328,3 +328,29 @@ def test_checkpoint_errors(tmp_path, student):
         with pytest.raises(UserError, match=pattern) as info:
             VocaLiST.from_checkpoint(tmp_path / name)
         assert "\n" not in str(info.value), name
+
+
+def test_copy_matching_weights_warm_starts_the_shared_front_end(tmp_path, tiny):
+    """model.init_from: the d=32 tiny model's front-end convs up to width 16 go into a d=64 model; the rest stays."""
+    src = tiny.save_checkpoint(tmp_path / "tiny.safetensors")
+    wide = VocaLiST(VocaLiSTConfig(d_model=64, widths=(4, 8, 8, 16, 64), heads=4), "mtd")
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    copied = set(wide.copy_matching_weights(src))
+    theirs, mine = tiny.state_dict(), wide.state_dict()
+    assert "vid_prenet.0.conv_block.0.weight" in copied and "aud_prenet.11.conv_block.1.running_var" in copied
+    assert "vid_prenet.11.conv_block.0.weight" not in copied  # 16 -> 64 channels here, 16 -> 32 there
+    weights = {k for k in copied if not k.endswith((".version", "._float_tensor"))}  # constant fairseq buffers
+    assert not any(k.startswith(("av_transformer", "va_transformer", "mem_transformer", "fc.")) for k in weights)
+    for k in mine:
+        if k in copied:
+            assert torch.equal(mine[k], theirs[k]), k
+        else:
+            assert torch.equal(mine[k], before[k]), k
+
+
+def test_copy_matching_weights_refuses_a_checkpoint_with_nothing_in_common(tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    save_file({"encoder.weight": torch.zeros(3, 3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="no weight has the name and shape of this model's"):
+        tiny.copy_matching_weights(tmp_path / "other.safetensors")

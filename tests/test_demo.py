@@ -34,3 +34,6 @@ def test_demo_fast_runs_end_to_end(tmp_path):
     assert summary["sync"]["model"] in {"demo_mtd", "demo_bce"}  # the better student by the protocol
     assert f"sync with {summary['sync']['model']} " in proc.stdout
     assert "on sync_check_offset+4.mp4: offset" in proc.stdout
+    # the teacher's front ends are warm-started from the committed tiny model (docs/training.md)
+    assert "trained_tiny.safetensors" in (Path(summary["runs"]["demo_teacher"]) / "config.yaml").read_text()
+    assert "model.init_from: 176 of 377 tensors" in proc.stderr

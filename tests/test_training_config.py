@@ -207,3 +207,25 @@ def test_teacher_input_is_converted_between_presets() -> None:
     torch.testing.assert_close(convert_preset(as_mtd, "mtd", "vocalist"), as_vocalist)
     torch.testing.assert_close(convert_preset(as_vocalist, "vocalist", "mtd"), as_mtd)
     assert convert_preset(as_mtd, "mtd", "mtd") is as_mtd
+
+
+def test_model_init_from_copies_the_matching_tensors_of_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo teacher's warm start: `model.init_from` on a custom size copies what fits and says how much."""
+    from mtdistill.models import VocaLiST
+    from mtdistill.quirks import Quirks
+    from mtdistill.training.run import build_model
+
+    torch.manual_seed(1)
+    src = VocaLiST.tiny().save_checkpoint(tmp_path / "tiny.safetensors")
+    wide = "model: {size: custom, config: {d_model: 64, widths: [4, 8, 8, 16, 64]}}\n"
+    path = write(tmp_path, "t.yaml", MINIMAL + wide)
+    model = build_model(load_config(path, [f"model.init_from={src}"])["model"], Quirks())
+    tiny = VocaLiST.from_checkpoint(src)
+    assert model.config.d_model == 64
+    assert torch.equal(model.vid_prenet[10].conv_block[0].weight, tiny.vid_prenet[10].conv_block[0].weight)
+    assert torch.equal(model.aud_prenet[0].conv_block[0].weight, tiny.aud_prenet[0].conv_block[0].weight)
+    assert f"model.init_from: 176 of 377 tensors from {src}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not found"):
+        build_model(load_config(path, [f"model.init_from={tmp_path / 'missing.safetensors'}"])["model"], Quirks())

@@ -260,6 +260,22 @@ class VocaLiST(nn.Module):
         model.load_state_dict(state, strict=True)
         return model.eval()
 
+    def copy_matching_weights(self, path: str | Path) -> list[str]:
+        """Copy every tensor of the checkpoint at ``path`` whose name and shape match this model's; return the names.
+
+        A partial warm start (``model.init_from`` in a recipe): e.g. the front-end convs of a smaller trained model,
+        whose early widths are the same, into a wider one. Everything else keeps its random initialisation.
+        """
+        state, _ = read_checkpoint(path)
+        own = self.state_dict()
+        names = [k for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)]
+        if not [k for k in names if not k.endswith(("num_batches_tracked", ".version", "._float_tensor"))]:
+            raise UserError(f"{path}: no weight has the name and shape of this model's; nothing to initialise from")
+        with torch.no_grad():
+            for k in names:
+                own[k].copy_(state[k])
+        return names
+
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """Return (state_dict, our metadata or None) from any supported file, with one-line errors."""

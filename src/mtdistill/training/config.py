@@ -54,6 +54,8 @@ SCHEMA: dict[str, Any] = {
         "preset": _k(str, default="mtd", choices=("mtd", "vocalist")),
         "config": OPEN,
         "init_checkpoint": _k(str),
+        # partial warm start: copy the tensors whose name and shape match from this checkpoint (e.g. front ends)
+        "init_from": _k(str),
     },
     "teacher": {
         "checkpoint": _k(str),

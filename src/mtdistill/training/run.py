@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,12 @@ def build_model(model_cfg: dict[str, Any], quirks: Any) -> Any:
     if unknown:
         raise UserError(f"unknown key 'model.config.{unknown[0]}'; VocaLiSTConfig fields: {', '.join(sorted(known))}")
     config = dataclasses.replace(base, **overrides) if overrides else base
-    return VocaLiST(config, model_cfg["preset"], quirks=quirks)
+    model = VocaLiST(config, model_cfg["preset"], quirks=quirks)
+    if model_cfg.get("init_from"):
+        copied = model.copy_matching_weights(model_cfg["init_from"])
+        print(f"model.init_from: {len(copied)} of {len(model.state_dict())} tensors from {model_cfg['init_from']}",
+              file=sys.stderr)  # fmt: skip
+    return model
 
 
 def build_teacher(cfg: dict[str, Any], quirks: Any) -> Any:
