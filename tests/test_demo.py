@@ -37,3 +37,16 @@ def test_demo_fast_runs_end_to_end(tmp_path):
     # the teacher's front ends are warm-started from the committed tiny model (docs/training.md)
     assert "trained_tiny.safetensors" in (Path(summary["runs"]["demo_teacher"]) / "config.yaml").read_text()
     assert "model.init_from: 176 of 377 tensors" in proc.stderr
+
+
+def test_demo_teacher_warm_start_is_in_the_recipe_and_a_missing_file_is_one_clear_error(tmp_path, monkeypatch):
+    from mtdistill.commands import demo
+    from mtdistill.errors import UserError
+
+    cfg = demo._recipe("demo_teacher", tmp_path, demo.FAST, 0, 1)
+    assert cfg["model"]["init_from"] == str(REPO / demo.WARM_START) and cfg["data"]["batch_size"] == 16
+    assert not demo._recipe("demo_teacher", tmp_path, demo.FAST, 0, 1, warm_start=False)["model"]["init_from"]
+    assert not demo._recipe("demo_mtd", tmp_path, demo.FAST, 0, 1)["model"]["init_from"]  # students: random
+    monkeypatch.setattr(demo, "WARM_START", "tests/data/no_such_model.safetensors")
+    with pytest.raises(UserError, match="missing from this checkout; restore it with git or use --from-scratch"):
+        demo._recipe("demo_teacher", tmp_path, demo.FAST, 0, 1)

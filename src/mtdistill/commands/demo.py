@@ -92,7 +92,10 @@ def _recipe(name: str, out: Path, scale: DemoScale, seed: int, epochs: int, warm
         f"seed={seed}",
     ]
     if name == "demo_teacher" and warm_start:
-        overrides.append(f"model.init_from={_configs_dir().parent / WARM_START}")
+        warm = _configs_dir().parent / WARM_START
+        if not warm.is_file():
+            raise UserError(f"{warm} is missing from this checkout; restore it with git or use --from-scratch")
+        overrides.append(f"model.init_from={warm}")
     cfg = load_config(_configs_dir() / f"{name}.yaml", overrides)
     if cfg.get("kind") == "distill":
         cfg = load_config(
