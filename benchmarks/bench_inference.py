@@ -219,7 +219,7 @@ def bench_rss(args) -> dict:
 def bench_calibrate(args) -> dict:
     """Confidence of in-sync / shifted clips versus clips with another clip's audio (no true offset)."""
     from mtdistill.data.synthetic import make_talking_video
-    from mtdistill.inference.calibrate import CALIBRATION_MARGIN, swapped_audio_confidences
+    from mtdistill.inference.calibrate import calibrate_min_confidence
     from mtdistill.inference.sync import sync_video
 
     model = _model(args)
@@ -232,15 +232,14 @@ def bench_calibrate(args) -> dict:
             t = sync_video(p, model, stride=1).main_track()
             matched.append({"k": k, "est": t.offset_frames, "conf": round(t.confidence, 3)})
             print(matched[-1], flush=True)
-    mismatched = [{"conf": round(c, 3)} for c in swapped_audio_confidences(model, args.clips)]
-    hi = max(m["conf"] for m in mismatched)
+    threshold, swapped = calibrate_min_confidence(model, args.clips)
     ok = [m["conf"] for m in matched if abs(m["est"] - m["k"]) <= 1]
     return {
         "matched": matched,
-        "mismatched": mismatched,
-        "max_mismatched_conf": hi,
-        "suggested_min_confidence": round(hi * CALIBRATION_MARGIN, 3),
-        "matched_correct_above": sum(c >= hi * CALIBRATION_MARGIN for c in ok),
+        "mismatched": [{"conf": round(c, 3)} for c in swapped],
+        "max_mismatched_conf": round(max(swapped), 3),
+        "suggested_min_confidence": threshold,
+        "matched_correct_above": sum(c >= threshold for c in ok),
     }
 
 
