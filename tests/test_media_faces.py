@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtdistill.errors import UserError
-from mtdistill.faces import HaarDetector, get_detector, iou_matrix, nms
+from mtdistill.faces import HaarDetector, detect_near, get_detector, iou_matrix, nms
 from mtdistill.media.testmedia import draw_face, face_frame_fn, write_video
 from mtdistill.video import crop_face, crop_mouth, iter_mouth_crops, mouth_crops, track_faces
 
@@ -171,6 +171,69 @@ def test_two_drawn_faces_give_two_tracks_left_to_right(tmp_path) -> None:
     assert tracks[0].boxes[:, 0].mean() < 200 < tracks[1].boxes[:, 0].mean()
     for t in tracks:
         assert t.n_frames >= 35 and t.valid.mean() > 0.9
+
+
+class CountingHaar(HaarDetector):
+    """Haar that counts its whole-frame scans and its region searches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = self.regions = 0
+
+    def detect_region(self, rgb, region=None, min_side=None, max_side=None):
+        if region is None:
+            self.full += 1
+        else:
+            self.regions += 1
+        return super().detect_region(rgb, region, min_side, max_side)
+
+
+def test_detect_near_refinds_the_face_it_is_given_and_only_that_one() -> None:
+    img = np.full((240, 480, 3), 100, np.uint8)
+    draw_face(img, 120, 120, 120, mouth_open=0.0)
+    draw_face(img, 360, 120, 120, mouth_open=0.0)
+    det = HaarDetector()
+    full = det.detect(img)
+    assert len(full) == 2
+    left = full[np.argmin(full[:, 0])]
+    near = detect_near(det, img, left[None, :4])
+    assert len(near) == 1 and iou_matrix(near, left[None])[0, 0] > 0.8
+    # faces far larger than the known one are not looked for
+    assert len(det.detect_region(img, (0, 0, 240, 240), min_side=200)) == 0
+
+
+def test_region_search_tracks_like_whole_frame_scans(tmp_path) -> None:
+    write_video(tmp_path / "two.mp4", 60, 25, (400, 200), frame_fn=face_frame_fn(400, 200, n_faces=2))
+    whole = CountingHaar()
+    ref = track_faces(tmp_path / "two.mp4", detector=whole, rescan_every=0)
+    fast = CountingHaar()
+    got = track_faces(tmp_path / "two.mp4", detector=fast, rescan_every=25)
+    assert whole.full == 60 and whole.regions == 0
+    # whole-frame scans at frames 0, 25 and 50 (plus any after a miss); two regions on the other frames
+    assert 3 <= fast.full <= 6 and fast.regions >= 2 * (60 - fast.full)
+    assert [(t.start_frame, t.end_frame) for t in got] == [(t.start_frame, t.end_frame) for t in ref]
+    for a, b in zip(ref, got, strict=True):
+        size = float(np.mean(a.boxes[:, 2] - a.boxes[:, 0]))
+        assert np.abs(a.boxes - b.boxes).max() < 0.1 * size
+
+
+def test_a_face_that_enters_is_found_by_the_next_whole_frame_scan(tmp_path) -> None:
+    two = face_frame_fn(400, 200, n_faces=2, move=False)
+
+    def enter(i: int) -> np.ndarray:
+        img = two(i)
+        if i < 30:  # the right-hand face appears at frame 30
+            img[:, 200:] = img[:, 199:200]
+        return img
+
+    write_video(tmp_path / "enter.mp4", 80, 25, (400, 200), frame_fn=enter)
+    ref = track_faces(tmp_path / "enter.mp4", rescan_every=0, min_relative_score=0)
+    got = track_faces(tmp_path / "enter.mp4", rescan_every=25, min_relative_score=0)
+    assert len(ref) == len(got) == 2
+    assert ref[1].start_frame == 30
+    assert got[1].start_frame == 50  # the next whole-frame scan after frame 30 (scans at 0, 25, 50, 75)
+    with pytest.raises(UserError, match="rescan_every must be >= 0"):
+        track_faces(tmp_path / "enter.mp4", rescan_every=-1)
 
 
 # ------------------------------------------------------------------------------------------- crops

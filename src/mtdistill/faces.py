@@ -1,6 +1,13 @@
 """Face detectors (pluggable) and face tracking; see ``mtdistill.video`` for the full media API."""
 
-from mtdistill.media.detectors import DETECTORS, FaceDetector, HaarDetector, MtcnnDetector, get_detector
+from mtdistill.media.detectors import (
+    DETECTORS,
+    FaceDetector,
+    HaarDetector,
+    MtcnnDetector,
+    detect_near,
+    get_detector,
+)
 from mtdistill.media.tracking import FaceTrack, IouTracker, TrackCrops, iou_matrix, nms, smooth_boxes, track_faces
 
 __all__ = [
@@ -11,6 +18,7 @@ __all__ = [
     "IouTracker",
     "MtcnnDetector",
     "TrackCrops",
+    "detect_near",
     "get_detector",
     "iou_matrix",
     "nms",

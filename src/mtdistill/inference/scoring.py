@@ -77,7 +77,8 @@ class PairScorer:
         # student under ~150 MB of activations (128 windows peaked at ~1 GB RSS)
         self.encode_chunk = encode_chunk
         params = list(model.parameters())
-        self.device = torch.device(device) if device is not None else (params[0].device if params else "cpu")
+        # an onnxruntime model has no torch parameters: its tensors live on the CPU
+        self.device = torch.device(device or (params[0].device if params else "cpu"))
         if params:
             model.to(self.device)
         model.eval()

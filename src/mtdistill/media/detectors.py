@@ -82,15 +82,39 @@ class HaarDetector(FaceDetector):
         self.shift_down = shift_down
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
+        return self.detect_region(rgb)
+
+    def detect_region(
+        self,
+        rgb: np.ndarray,
+        region: tuple[int, int, int, int] | None = None,
+        min_side: float | None = None,
+        max_side: float | None = None,
+    ) -> np.ndarray:
+        """Faces inside `region` (x1, y1, x2, y2 frame pixels; None = the whole frame) whose size lies in
+        [`min_side`, `max_side`] frame pixels (None = the default minimum / no maximum).
+
+        The histogram is equalised over the whole frame, so a face scores the same in a region as in a full
+        scan (`detect_near` relies on it)."""
         _check_frame(rgb)
         small, scale = _downscaled(rgb, self.detect_size)
         gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        side = max(12, int(min(gray.shape) * self.min_size_frac))
+        ox = oy = 0
+        if region is not None:
+            ox, oy = int(region[0] / scale), int(region[1] / scale)
+            gray = gray[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))]
+        side = max(12, int(min(small.shape[:2]) * self.min_size_frac))
+        if min_side is not None:
+            side = max(12, int(min_side / scale))
+        biggest = (0, 0) if max_side is None else (int(max_side / scale),) * 2
+        if min(gray.shape) < side:
+            return np.zeros((0, 5), np.float32)
         rects, _levels, weights = self._cascade.detectMultiScale3(
             gray,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
             minSize=(side, side),
+            maxSize=biggest,
             outputRejectLevels=True,
         )
         if len(rects) == 0:
@@ -98,7 +122,7 @@ class HaarDetector(FaceDetector):
         rects = np.asarray(rects, np.float32).reshape(-1, 4)
         scores = np.asarray(weights, np.float32).reshape(-1)
         x, y, w, h = rects.T
-        y = y + self.shift_down * h
+        x, y = x + ox, y + oy + self.shift_down * h
         boxes = np.stack([x, y, x + w, y + h], axis=1) * scale
         return np.concatenate([boxes, scores[:, None]], axis=1).astype(np.float32)
 
@@ -145,6 +169,54 @@ class MtcnnDetector(FaceDetector):
         out = np.asarray(rows, np.float32)
         out[:, :4] *= scale
         return out
+
+
+REGION_MARGIN = 0.75
+"""`detect_near` searches a square of side (1 + 2 x this) x the face's size around each known face."""
+REGION_SIZES = (0.6, 1.6)
+"""`detect_near` looks for faces between these multiples of the known face's size (where the detector can be
+told: `HaarDetector.detect_region`); a face changes size little between two detection frames."""
+
+
+def supports_regions(detector: object) -> bool:
+    """Whether `detector` can search part of a frame for faces of a given size (`detect_near`)."""
+    return callable(getattr(detector, "detect_region", None))
+
+
+def detect_near(
+    detector: FaceDetector,
+    rgb: np.ndarray,
+    boxes: np.ndarray,
+    margin: float = REGION_MARGIN,
+    sizes: tuple[float, float] = REGION_SIZES,
+) -> np.ndarray:
+    """Run `detector` only in a region around each of `boxes` (N, 4+), in frame coordinates -> (K, 5).
+
+    A face moves little between two detection frames, so searching near where it was, for a face of about
+    its size, finds it again at a fraction of a full-frame scan's cost. The detector needs a
+    ``detect_region(rgb, region, min_side, max_side)`` method (`HaarDetector` has one; see
+    `supports_regions`) that looks at the same pixels as a full scan, so scores stay comparable with
+    full-scan scores. Faces that enter elsewhere are not seen: callers still scan whole frames now and then
+    (`track_faces`).
+    """
+    h, w = rgb.shape[:2]
+    found = []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64)[:, :4]:
+        size = max(x2 - x1, y2 - y1, 1.0)
+        half = size * (0.5 + margin)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        region = (
+            max(0, int(cx - half)),
+            max(0, int(cy - half)),
+            min(w, int(np.ceil(cx + half))),
+            min(h, int(np.ceil(cy + half))),
+        )
+        rx1, ry1, rx2, ry2 = region
+        if rx2 - rx1 < 8 or ry2 - ry1 < 8:
+            continue
+        dets = detector.detect_region(rgb, region, sizes[0] * size, sizes[1] * size)  # type: ignore[attr-defined]
+        found.append(np.asarray(dets, np.float32).reshape(-1, 5))
+    return np.concatenate(found) if found else np.zeros((0, 5), np.float32)
 
 
 DETECTORS: dict[str, Callable[[], FaceDetector]] = {"haar": HaarDetector, "mtcnn": MtcnnDetector}

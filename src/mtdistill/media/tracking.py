@@ -3,6 +3,11 @@
 Tracking is IoU association of per-frame detections:
 
 - detections run on every `detect_every`-th frame; overlapping boxes are reduced by NMS;
+- a detection frame is scanned whole at least every `rescan_every` frames, and whenever a face was missed;
+  in between, the detector only searches near the faces seen at the previous detection frame
+  (`detectors.detect_near`), which is several times cheaper on large frames. A face that enters the picture
+  is found at the next whole-frame scan (at most `rescan_every` frames late); 0 scans every frame whole, and
+  so do detectors without a ``detect_region`` method (plug-ins; the built-in Haar has one);
 - each detection joins the live track whose last box overlaps it most (greedy, IoU >= `iou_threshold`),
   otherwise it starts a new track, so several faces give several tracks;
 - a track not matched for more than `max_lost` frames is closed (the face left or was lost);
@@ -27,7 +32,7 @@ import numpy as np
 
 from mtdistill.errors import UserError
 from mtdistill.media.crops import crop_mouth
-from mtdistill.media.detectors import FaceDetector, get_detector
+from mtdistill.media.detectors import FaceDetector, detect_near, get_detector, supports_regions
 from mtdistill.media.frames import FPS, MAX_WIDTH, iter_frames, output_size, probe
 
 MIN_FRAMES = 5  # one 5-frame model window
@@ -207,6 +212,17 @@ def build_track(
     return FaceTrack(track_id, start, end, boxes.astype(np.float32), valid, scores)
 
 
+def _worth_searching(live: list[_Live], min_relative_score: float, last_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which live tracks to search near (those that score like faces: a cascade's false positives on
+    background would gain detections if searched for), and which of them must be found again (those seen at
+    the previous detection frame; one already missed, e.g. a lost face, is looked for but not waited for)."""
+    if not live:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    means = np.array([np.mean(t.scores) for t in live])
+    near = means >= min_relative_score * means.max() if min_relative_score > 0 else np.ones(len(live), bool)
+    return near, near & np.array([t.frames[-1] == last_k for t in live], bool)
+
+
 def track_faces(
     path: str | os.PathLike,
     detector: str | FaceDetector = "haar",
@@ -221,6 +237,7 @@ def track_faces(
     smooth: int = 5,
     min_relative_score: float = 0.45,
     min_detections: int = 3,
+    rescan_every: int = 25,
 ) -> list[FaceTrack]:
     """Detect and track every face of a video over its constant-`fps` frames (one decoding pass).
 
@@ -232,6 +249,8 @@ def track_faces(
     """
     if detect_every < 1:
         raise UserError(f"detect_every must be >= 1, got {detect_every}")
+    if rescan_every < 0:
+        raise UserError(f"rescan_every must be >= 0 (0 scans every detection frame whole), got {rescan_every}")
     det = get_detector(detector)
     info = probe(path, fps)
     if not info.has_video:
@@ -245,6 +264,8 @@ def track_faces(
     sx, sy = (info.width / dec_w, info.height / dec_h) if dec_w and dec_h else (1.0, 1.0)
     tracker = IouTracker(iou_threshold=iou_threshold, max_lost=max(max_lost, detect_every))
     n = 0
+    last_scan, last_k = -(10**9), -1
+    regions = rescan_every > 0 and supports_regions(det)
     from tqdm import tqdm
 
     bar = tqdm(total=info.n_frames or None, desc="tracking faces", unit="frame", disable=not progress, leave=False)
@@ -253,9 +274,21 @@ def track_faces(
         for k, rgb in iter_frames(path, fps=fps, max_width=max_width, want=lambda k: k % detect_every == 0):
             n = k + 1
             if rgb is not None:
-                dets = np.asarray(det.detect(rgb), np.float32).reshape(-1, 5)
-                dets[:, :4] *= to_frame
+                dets = None
+                live = tracker.live
+                near, seen = _worth_searching(live, min_relative_score, last_k)
+                if regions and seen.any() and k - last_scan < rescan_every:
+                    last = np.stack([t.boxes[-1] for t in live])
+                    dets = np.asarray(detect_near(det, rgb, last[near] / to_frame), np.float32).reshape(-1, 5)
+                    dets[:, :4] *= to_frame
+                    if len(dets) == 0 or iou_matrix(last[seen], dets).max(axis=1).min() < iou_threshold:
+                        dets = None  # a face was not found near where it was: look at the whole frame
+                if dets is None:
+                    dets = np.asarray(det.detect(rgb), np.float32).reshape(-1, 5)
+                    dets[:, :4] *= to_frame
+                    last_scan = k
                 tracker.update(k, dets)
+                last_k = k
             bar.update(1)
     if n < MIN_FRAMES:
         raise UserError(
