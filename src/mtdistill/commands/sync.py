@@ -47,6 +47,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="run the face detector on every N-th frame (default: min(stride, 5)); boxes in between are interpolated",
     )
+    g.add_argument(
+        "--rescan-every",
+        type=int,
+        default=25,
+        help="scan whole frames at least every N frames; in between, search only near the faces already found "
+        "(default 25; 0 scans every detection frame whole, see docs/media.md)",
+    )
     g.add_argument("--device", default=None, help="torch device (cpu, cuda, ...); default cpu")
     g.add_argument(
         "--bf16",
@@ -79,6 +86,7 @@ def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
         device=args.device,
         progress=progress and sys.stderr.isatty(),
         detect_every=args.detect_every,
+        rescan_every=args.rescan_every,
         bf16=args.bf16,
     )
 

@@ -51,6 +51,7 @@ class ModelSpec:
     min_confidence: float | None = None
     detector: str = "haar"
     detect_every: int | None = None
+    rescan_every: int = 25
     bf16: bool = False
 
 
@@ -98,6 +99,7 @@ def _score_one(video: str) -> list[dict]:
             min_confidence=spec.min_confidence,
             detector=spec.detector,
             detect_every=spec.detect_every,
+            rescan_every=spec.rescan_every,
             bf16=spec.bf16,
         )
     except UserError as exc:

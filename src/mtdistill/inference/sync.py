@@ -265,6 +265,7 @@ def sync_video(
     progress: bool = False,
     chunk_windows: int = CHUNK_WINDOWS,
     detect_every: int | None = None,
+    rescan_every: int = 25,
     bf16: bool = False,
 ) -> SyncResult:
     """Estimate the audio-visual offset of every face track in ``path`` (see the module docstring).
@@ -273,6 +274,8 @@ def sync_video(
     `SyncNet` (LSE-C / LSE-D readout). ``preset`` overrides the model's own input preset. ``detect_every``:
     run the face detector on every n-th frame only (boxes in between are interpolated by the tracker); default
     min(stride, 5), since a stride already trades time resolution for speed and detection dominates the cost.
+    ``rescan_every``: whole-frame face scans at least every n frames, region search near known faces in
+    between (`track_faces`; 0 = whole frames only).
     ``bf16``: bfloat16 autocast for the model (VocaLiST family; fast on CPUs with AVX512-BF16 and on GPUs).
     """
     from mtdistill.models.syncnet import SyncNet
@@ -294,6 +297,7 @@ def sync_video(
             device=device,
             progress=progress,
             detect_every=detect_every,
+            rescan_every=rescan_every,
         )
     from mtdistill.audio import load_audio
     from mtdistill.models.presets import check_preset
@@ -314,7 +318,7 @@ def sync_video(
     from mtdistill.video import iter_mouth_crops, track_faces
 
     every = detect_every or min(stride, 5)
-    found = track_faces(path, detector=detector, detect_every=every, progress=progress)
+    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
     tracks = [t for t in found if t.n_frames >= WINDOW + 1]
     timing["faces_s"] = time.perf_counter() - t1
     if not tracks:

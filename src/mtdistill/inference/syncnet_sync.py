@@ -104,6 +104,7 @@ def sync_video_syncnet(
     device: str | None = None,
     progress: bool = False,
     detect_every: int | None = None,
+    rescan_every: int = 25,
 ):
     """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance."""
     from mtdistill.audio import load_audio
@@ -125,7 +126,8 @@ def sync_video_syncnet(
     if not info.has_audio:
         raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
     wave = load_audio(path)
-    found = track_faces(path, detector=detector, detect_every=detect_every or min(stride, 5), progress=progress)
+    every = detect_every or min(stride, 5)
+    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
     tracks = [t for t in found if t.n_frames >= WINDOW + 1]
     if not tracks:
         raise UserError(f"{path}: no face found for at least {WINDOW + 1} consecutive frames")

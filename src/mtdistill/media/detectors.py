@@ -155,18 +155,37 @@ class MtcnnDetector(FaceDetector):
         self.detect_size = detect_size
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
+        return self.detect_region(rgb)
+
+    def detect_region(
+        self,
+        rgb: np.ndarray,
+        region: tuple[int, int, int, int] | None = None,
+        min_side: float | None = None,
+        max_side: float | None = None,
+    ) -> np.ndarray:
+        """As `HaarDetector.detect_region`: faces inside `region` with a size in [`min_side`, `max_side`]."""
         _check_frame(rgb)
         small, scale = _downscaled(rgb, self.detect_size)
-        self._model.min_face_size = max(20, int(min(small.shape[:2]) * self._min_face_frac))
-        found = self._model.detect_faces(small)
+        smallest = min(small.shape[:2]) * self._min_face_frac
+        ox = oy = 0
+        if region is not None:
+            ox, oy = int(region[0] / scale), int(region[1] / scale)
+            small = small[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))]
+        self._model.min_face_size = max(20, int(smallest if min_side is None else min_side / scale))
+        if min(small.shape[:2]) < self._model.min_face_size:
+            return np.zeros((0, 5), np.float32)
+        found = self._model.detect_faces(np.ascontiguousarray(small))
         rows = [
             [f["box"][0], f["box"][1], f["box"][0] + f["box"][2], f["box"][1] + f["box"][3], f["confidence"]]
             for f in found
             if f["confidence"] >= self.threshold
+            and (max_side is None or max(f["box"][2], f["box"][3]) <= max_side / scale)
         ]
         if not rows:
             return np.zeros((0, 5), np.float32)
         out = np.asarray(rows, np.float32)
+        out[:, :4] += np.array([ox, oy, ox, oy], np.float32)
         out[:, :4] *= scale
         return out
 
@@ -194,8 +213,8 @@ def detect_near(
 
     A face moves little between two detection frames, so searching near where it was, for a face of about
     its size, finds it again at a fraction of a full-frame scan's cost. The detector needs a
-    ``detect_region(rgb, region, min_side, max_side)`` method (`HaarDetector` has one; see
-    `supports_regions`) that looks at the same pixels as a full scan, so scores stay comparable with
+    ``detect_region(rgb, region, min_side, max_side)`` method (both built-ins have one; see
+    `supports_regions`); Haar's looks at the same pixels as a full scan, so its scores stay comparable with
     full-scan scores. Faces that enter elsewhere are not seen: callers still scan whole frames now and then
     (`track_faces`).
     """

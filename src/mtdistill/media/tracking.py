@@ -7,7 +7,7 @@ Tracking is IoU association of per-frame detections:
   in between, the detector only searches near the faces seen at the previous detection frame
   (`detectors.detect_near`), which is several times cheaper on large frames. A face that enters the picture
   is found at the next whole-frame scan (at most `rescan_every` frames late); 0 scans every frame whole, and
-  so do detectors without a ``detect_region`` method (plug-ins; the built-in Haar has one);
+  so do detectors without a ``detect_region`` method (plug-ins; both built-ins have one);
 - each detection joins the live track whose last box overlaps it most (greedy, IoU >= `iou_threshold`),
   otherwise it starts a new track, so several faces give several tracks;
 - a track not matched for more than `max_lost` frames is closed (the face left or was lost);
@@ -250,7 +250,7 @@ def track_faces(
     if detect_every < 1:
         raise UserError(f"detect_every must be >= 1, got {detect_every}")
     if rescan_every < 0:
-        raise UserError(f"rescan_every must be >= 0 (0 scans every detection frame whole), got {rescan_every}")
+        raise UserError(f"--rescan-every must be >= 0 (0 scans every detection frame whole), got {rescan_every}")
     det = get_detector(detector)
     info = probe(path, fps)
     if not info.has_video:
