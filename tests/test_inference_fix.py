@@ -9,6 +9,8 @@ import pytest
 from mtdistill.cli import main
 from mtdistill.data.synthetic import make_talking_video
 from mtdistill.inference.fix import fix_video, shift_audio
+from mtdistill.media.testmedia import tone, write_video
+from mtdistill.video import probe
 
 
 def decoded_audio(path) -> np.ndarray:
@@ -64,6 +66,16 @@ def test_fix_cli_and_errors(talking, tmp_path, capsys) -> None:
     assert "--offset must be an integer" in capsys.readouterr().err
     assert main(["fix", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "y.mp4"), "--offset", "1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_fix_keeps_a_phone_video_upright(tmp_path) -> None:
+    phone = tmp_path / "phone.mp4"
+    write_video(phone, 30, 25, (240, 320), audio=tone(30 * 640, 16000), rotation=90)
+    for ext in ("mp4", "mkv"):
+        out = tmp_path / f"fixed.{ext}"
+        fix_video(phone, out, 2)
+        assert probe(out).rotation == 90  # the display matrix travels with the copied video stream
+        assert video_packets(out) == video_packets(phone)
 
 
 def test_shift_audio_pads_and_trims() -> None:

@@ -73,3 +73,15 @@ def test_fix_auto_puts_a_shifted_clip_back_in_sync(trained, tmp_path) -> None:
     assert main(["fix", str(shifted), "-o", str(fixed), "--checkpoint", str(TRAINED_TINY)]) == 0  # --offset auto
     after = sync_video(fixed, trained, stride=1).main_track()
     assert abs(after.offset_frames) <= 1 and after.verdict == "in_sync", (after.offset_frames, after.confidence)
+
+
+def test_a_phone_video_stored_sideways_gives_the_offset(trained, tmp_path) -> None:
+    from mtdistill.data.synthetic import talking_clip
+    from mtdistill.media.testmedia import write_video
+
+    clip = talking_clip(88, 3.0, offset_frames=4)
+    n, h, w = clip.frames.shape[:3]
+    phone = tmp_path / "phone.mp4"
+    write_video(phone, n, 25, (w, h), frame_fn=lambda i: clip.frames[i], audio=clip.audio, rotation=270)
+    track = sync_video(phone, trained, stride=5).main_track()
+    assert abs(track.offset_frames - 4) <= 1 and track.n_windows >= 10

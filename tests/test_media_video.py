@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mtdistill.errors import UserError
-from mtdistill.media.testmedia import tone, write_audio, write_video
+from mtdistill.media.testmedia import face_frame_fn, tone, write_audio, write_video
 from mtdistill.video import iter_frames, probe, track_faces
 
 W, H, BITS = 128, 32, 8
@@ -112,6 +112,32 @@ def test_4k_frames_are_downscaled_and_tracked_in_original_coordinates(tmp_path) 
     assert len(tracks) == 1 and tracks[0].n_frames == 10
     cx = float(np.mean(tracks[0].boxes[:, [0, 2]]))
     assert abs(cx - 1920) < 250  # the face is drawn at the frame centre of the 3840-wide original
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_phone_videos_are_turned_as_a_player_shows_them(tmp_path, rotation: int) -> None:
+    face = face_frame_fn(240, 320)
+
+    def shown(i: int) -> np.ndarray:  # portrait, as the phone's owner saw it, with a white top-left corner
+        img = face(i)
+        img[:24, :24] = 255
+        return img
+
+    path = tmp_path / "phone.mp4"
+    write_video(path, 30, 25, (240, 320), frame_fn=shown, audio=tone(30 * 640, 16000), rotation=rotation)
+    with av.open(str(path)) as c:  # stored sideways or upside down, with a display matrix
+        stored = c.streams.video[0].codec_context
+        assert (stored.width, stored.height) == ((320, 240) if rotation != 180 else (240, 320))
+    info = probe(path)
+    assert (info.width, info.height, info.rotation) == (240, 320, rotation)
+    _, rgb = next(iter(iter_frames(path)))
+    assert rgb.shape == (320, 240, 3)
+    assert rgb[:20, :20].mean() > 200 and rgb[-20:, -20:].mean() < 200  # the corner is where it was shown
+    assert next(iter(iter_frames(path, max_width=120)))[1].shape == (160, 120, 3)  # max_width: as shown
+    tracks = track_faces(path)
+    assert len(tracks) == 1 and tracks[0].n_frames == 30
+    cx, cy = float(np.mean(tracks[0].boxes[:, [0, 2]])), float(np.mean(tracks[0].boxes[:, [1, 3]]))
+    assert abs(cx - 120) < 30 and abs(cy - 160) < 40  # shown coordinates: the face is drawn at the centre
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -21,7 +21,7 @@ MAX_WIDTH = 1920
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """What ``probe`` reads from the container headers (no full decode)."""
+    """What ``probe`` reads from the container headers (and the first frame's rotation; no full decode)."""
 
     path: str
     duration_s: float
@@ -39,6 +39,9 @@ class MediaInfo:
     ``iter_frames`` is the authority."""
     video_codec: str
     audio_codec: str
+    rotation: int = 0
+    """Counter-clockwise degrees (0, 90, 180, 270) the player turns the coded picture by (the stream's display
+    matrix: phone videos filmed upright). ``width`` / ``height`` and every decoded frame are already turned."""
 
 
 def probe(path: str | os.PathLike, fps: float = FPS) -> MediaInfo:
@@ -58,12 +61,17 @@ def probe(path: str | os.PathLike, fps: float = FPS) -> MediaInfo:
             native_fps = float(rate) if rate else 0.0
             if video_duration <= 0 and v.frames and native_fps:
                 video_duration = v.frames / native_fps
+        turns = _first_frame_turns(container, v) if v is not None else 0
+        width = int(v.codec_context.width) if v is not None else 0
+        height = int(v.codec_context.height) if v is not None else 0
+        if turns % 2:
+            width, height = height, width
         return MediaInfo(
             path=str(path),
             duration_s=float(max(duration, video_duration if v is not None else 0.0)),
             fps=native_fps,
-            width=int(v.codec_context.width) if v is not None else 0,
-            height=int(v.codec_context.height) if v is not None else 0,
+            width=width,
+            height=height,
             has_video=v is not None,
             has_audio=a is not None,
             audio_rate=int(a.rate or 0) if a is not None else 0,
@@ -71,7 +79,25 @@ def probe(path: str | os.PathLike, fps: float = FPS) -> MediaInfo:
             n_frames=int(math.ceil(video_duration * fps - 1e-6)) if v is not None else 0,
             video_codec=v.codec_context.name if v is not None else "",
             audio_codec=a.codec_context.name if a is not None else "",
+            rotation=90 * turns,
         )
+
+
+def quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns (0-3) that the frame's display matrix asks for (nearest multiple of 90
+    degrees; 0 where the file has none or PyAV cannot read it)."""
+    degrees = getattr(frame, "rotation", 0) or 0
+    return int(round(float(degrees) / 90.0)) % 4
+
+
+def _first_frame_turns(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """The display rotation, read from the first decodable frame (PyAV exposes it per frame only)."""
+    try:
+        for frame in container.decode(stream):
+            return quarter_turns(frame)
+    except av.error.FFmpegError:
+        pass  # an undecodable stream is reported by whoever decodes it
+    return 0
 
 
 def output_size(width: int, height: int, max_width: int | None) -> tuple[int, int]:
@@ -95,7 +121,9 @@ def iter_frames(
     22.13 fps input) or skipped (29.97, 30, 50 fps, VFR) but never shifted. Before the first decoded frame the
     first frame is shown (streams that start late). Frames continue while t_k is before the end of the last
     decoded frame (its pts + duration). A generator holding one decoded frame: memory does not grow with the
-    length of the video. Frames wider than `max_width` are downscaled (aspect kept); None keeps full size.
+    length of the video. Frames are turned as the stream's display matrix asks (phone videos filmed upright
+    are stored sideways), so they look as a player shows them. Frames wider than `max_width` (as shown) are
+    downscaled (aspect kept); None keeps full size.
     ``want(k) -> False`` yields (k, None) instead of a picture: the frame is never converted to RGB, which is
     most of the per-frame cost of large videos (e.g. face detection on every 5th frame only).
 
@@ -113,7 +141,9 @@ def iter_frames(
         origin = container_origin(container)
         rate = stream.average_rate or stream.guessed_rate
         default_duration = Fraction(1) / Fraction(rate) if rate else Fraction(1) / step
-        width, height = output_size(stream.codec_context.width, stream.codec_context.height, max_width)
+        coded_w, coded_h = stream.codec_context.width, stream.codec_context.height
+        turns = 0
+        width, height = output_size(coded_w, coded_h, max_width)
         k = 0
         held: av.VideoFrame | None = None  # converted to RGB only when shown: skipped frames cost no conversion
         held_end = Fraction(0)
@@ -138,19 +168,22 @@ def iter_frames(
                 duration = Fraction(int(frame.duration)) * Fraction(frame.time_base)
             if held is None:
                 held = frame  # before the first decoded frame: show the first frame
+                turns = quarter_turns(frame)
+                if turns % 2:  # `max_width` applies to the picture as shown: size it turned, decode it coded
+                    height, width = output_size(coded_h, coded_w, max_width)
             # output frames whose time is before this frame's pts (k / fps < t) show the held (previous) frame
             k_end = max(k, math.ceil(t * step))
-            yield from _show(held, range(k, k_end), want, width, height)
+            yield from _show(held, range(k, k_end), want, width, height, turns)
             k = k_end
             held = frame
             held_end = max(held_end, t + duration)
         if held is None:
             raise UserError(f"{path}: the video stream holds no decodable frames; check the file")
-        yield from _show(held, range(k, max(k, math.ceil(held_end * step))), want, width, height)
+        yield from _show(held, range(k, max(k, math.ceil(held_end * step))), want, width, height, turns)
 
 
 def _show(
-    frame: av.VideoFrame, ks: range, want: Callable[[int], bool] | None, width: int, height: int
+    frame: av.VideoFrame, ks: range, want: Callable[[int], bool] | None, width: int, height: int, turns: int = 0
 ) -> Iterator[tuple[int, np.ndarray | None]]:
     """Output frames ``ks`` all showing ``frame``, converted to RGB once and only if some k is wanted."""
     rgb = None
@@ -159,11 +192,13 @@ def _show(
             yield k, None
             continue
         if rgb is None:
-            rgb = _to_rgb(frame, width, height)
+            rgb = _to_rgb(frame, width, height, turns)
         yield k, rgb
 
 
-def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, width: int, height: int, turns: int = 0) -> np.ndarray:
+    """The frame at (width, height) coded size, turned `turns` quarter turns counter-clockwise (as shown)."""
     if frame.width != width or frame.height != height:
         frame = frame.reformat(width=width, height=height, interpolation="AREA")
-    return frame.to_ndarray(format="rgb24")
+    rgb = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb

@@ -82,17 +82,24 @@ def write_video(
     container_format: str | None = None,
     pts_fn: Callable[[int], int] | None = None,
     time_base: Fraction | None = None,
+    rotation: int = 0,
 ) -> None:
     """Write a video (and optional audio (channels, S) float32) with PyAV, streaming frame by frame.
 
     `pts_fn` gives frame i's pts in `time_base` units (default i / fps): variable frame rates for tests.
+    `rotation` (counter-clockwise degrees, a multiple of 90): store the pictures turned back by it, with a
+    display matrix that tells players to turn them, as phones do; `size` and `frame_fn` are as shown.
     """
     width, height = size
+    turns = (rotation // 90) % 4
     frame_fn = frame_fn or face_frame_fn(width, height, float(fps))
     rate = Fraction(fps).limit_denominator(1001000)
     with av.open(str(path), "w", format=container_format) as out:
         vs = out.add_stream(codec, rate=rate)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.width, vs.height = (height, width) if turns % 2 else (width, height)
+        vs.pix_fmt = "yuv420p"
+        if turns:
+            vs.set_display_rotation(90 * turns)
         if codec == "libx264":
             vs.options = {"preset": "ultrafast", "crf": "23"}
         if time_base is not None:  # the encoder must keep our pts, not round them to 1 / fps
@@ -104,7 +111,8 @@ def write_video(
             layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
             aus = out.add_stream(audio_codec, rate=sr, layout=layout)
         for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_fn(i)), format="rgb24")
+            picture = np.rot90(frame_fn(i), -turns) if turns else frame_fn(i)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="rgb24")
             if pts_fn is not None:
                 frame.pts = pts_fn(i)
                 frame.time_base = time_base
