@@ -85,3 +85,42 @@ def test_a_phone_video_stored_sideways_gives_the_offset(trained, tmp_path) -> No
     write_video(phone, n, 25, (w, h), frame_fn=lambda i: clip.frames[i], audio=clip.audio, rotation=270)
     track = sync_video(phone, trained, stride=5).main_track()
     assert abs(track.offset_frames - 4) <= 1 and track.n_windows >= 10
+
+
+FORMATS = [
+    # (file, video codec, audio codec, container, frame rate, audio rate)
+    ("vp9_opus.webm", "libvpx-vp9", "libopus", "webm", 25, 48000),
+    ("hevc_pcm.mov", "libx265", "pcm_s16le", "mov", 25, 16000),
+    ("mpeg4_mp3.avi", "mpeg4", "libmp3lame", "avi", 25, 44100),
+    ("h264_flac_30fps.mkv", "libx264", "flac", "matroska", 30, 16000),
+    ("av1_aac_50fps.mp4", "libsvtav1", "aac", "mp4", 50, 22050),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
+def test_offset_survives_other_containers_codecs_and_rates(trained, tmp_path, fmt) -> None:
+    import av
+    import numpy as np
+
+    from mtdistill.data.synthetic import talking_clip
+    from mtdistill.media.testmedia import write_video
+
+    name, vcodec, acodec, container, fps, sr = fmt
+    for codec in (vcodec, acodec):
+        try:
+            av.codec.Codec(codec, "w")
+        except av.codec.codec.UnknownCodecError:
+            pytest.skip(f"this PyAV build has no {codec} encoder")
+    # the clip's own frames: 6 frames at 30 fps and 10 at 50 fps are the same 200 ms as 5 frames at 25 fps
+    clip = talking_clip(90, 3.0, offset_frames=5 * fps // 25, fps=fps)
+    n, h, w = clip.frames.shape[:3]
+    t_out = np.arange(int(len(clip.audio) * sr / 16000)) / sr
+    audio = np.interp(t_out, np.arange(len(clip.audio)) / 16000, clip.audio).astype(np.float32)
+    path = tmp_path / name
+    write_video(
+        path, n, fps, (w, h), frame_fn=lambda i: clip.frames[i], audio=audio, sr=sr, codec=vcodec,
+        audio_codec=acodec, container_format=container,
+    )  # fmt: skip
+    track = sync_video(path, trained, stride=5).main_track()
+    assert abs(track.offset_frames - 5) <= 1, (name, track.offset_frames)
