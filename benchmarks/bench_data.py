@@ -34,11 +34,11 @@ import soundfile as sf
 import torch
 
 from mtdistill.audio import chunk_mel, chunk_mel_torch
+from mtdistill.core.quirks import Quirks
 from mtdistill.data.pairs import PairDataset, draw_pair, rms
 from mtdistill.data.prepare import prepare
 from mtdistill.data.synthetic import synth_corpus
 from mtdistill.data.wav2lip_export import export_corpus
-from mtdistill.quirks import Quirks
 
 
 class JpgFolderPairs:

@@ -71,7 +71,7 @@ def decode_fps(path: Path, limit: int = 1500) -> float:
 
 
 def detect_fps(name: str, size: tuple[int, int], n: int = 50) -> float | None:
-    from mtdistill.errors import UserError
+    from mtdistill.core.errors import UserError
     from mtdistill.media.testmedia import face_frame_fn
     from mtdistill.video import get_detector
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from mtdistill.distill import build_loss
-from mtdistill.models.mult import MulT
-from mtdistill.models.mult_students import CONFIGURATIONS, student_for
+from mtdistill.models.mult.students import CONFIGURATIONS, student_for
+from mtdistill.models.mult.teacher import MulT
 
 LENGTHS, DIMS = (50, 500, 500), (300, 74, 35)
 

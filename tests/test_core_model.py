@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.models import VocaLiST, VocaLiSTConfig
 from mtdistill.models.presets import frames_to_input, windows_to_video
 from mtdistill.nn.crossmodal import CrossModalEncoder, offset_future_mask, sinusoid_table
-from mtdistill.quirks import Quirks
 
 REF = Path(__file__).parent / "data" / "reference"
 

@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtdistill.audio import chunk_mel
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.data import store as st
 from mtdistill.data.pairs import PairDataset, draw_pair, rms, window_to_input
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
 
 N_LONG = 120
 

@@ -18,11 +18,11 @@ import pytest
 import soundfile as sf
 
 from mtdistill.cli import main
+from mtdistill.core.errors import UserError
 from mtdistill.data.layouts import discover, read_filelist
 from mtdistill.data.prepare import lower_half_of_face, prepare
 from mtdistill.data.store import Store
 from mtdistill.data.synthetic import synth_corpus, talking_clip, write_mp4
-from mtdistill.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
+from mtdistill.core.errors import UserError
 from mtdistill.data import store as st
 from mtdistill.data.store import ShardWriter, Store
-from mtdistill.errors import UserError
 
 
 def utterance(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mtdistill.cli import main
+from mtdistill.core.errors import UserError
 from mtdistill.data.synthetic import make_talking_video, parse_offsets, talking_clip
-from mtdistill.errors import UserError
 
 
 def sha(path: Path) -> str:

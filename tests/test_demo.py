@@ -41,7 +41,7 @@ def test_demo_fast_runs_end_to_end(tmp_path):
 
 def test_demo_teacher_warm_start_is_in_the_recipe_and_a_missing_file_is_one_clear_error(tmp_path, monkeypatch):
     from mtdistill.commands import demo
-    from mtdistill.errors import UserError
+    from mtdistill.core.errors import UserError
 
     cfg = demo._recipe("demo_teacher", tmp_path, demo.FAST, 0, 1)
     assert cfg["model"]["init_from"] == str(REPO / demo.WARM_START) and cfg["data"]["batch_size"] == 16

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.distill import build_loss
 from mtdistill.distill.baselines import kd_binary, kd_over_batch, rkd_angle_loss, rkd_distance_loss, rkd_loss
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
 
 
 @dataclass

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.distill import (
     LOSSES,
     MTDLoss,
@@ -23,8 +25,6 @@ from mtdistill.distill import (
     value_relation,
     vr_loss,
 )
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
 
 BLOCK_ORDER = ("fusion", "av", "va")  # the official index order of spec 2.4, written out independently
 SHAPES = {"av": (16, 5), "va": (5, 16), "fusion": (16, 5)}  # (Tq, Tk) per block for a 5-frame input

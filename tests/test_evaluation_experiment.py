@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from mtdistill.cli import main
-from mtdistill.errors import UserError
-from mtdistill.evaluation.experiment import cell_state, read_grid, run_experiment
+from mtdistill.core.errors import UserError
 from mtdistill.models.vocalist import VocaLiST
+from mtdistill.workflows.experiment import cell_state, read_grid, run_experiment
 from test_evaluation_cli import MICRO, write_store  # tests/ is on sys.path (rootdir import mode)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

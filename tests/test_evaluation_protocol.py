@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.evaluation import score_utterance, utterance_accuracy
 from mtdistill.evaluation.protocol import (
     MASK_SCORE,
@@ -20,7 +21,6 @@ from mtdistill.evaluation.protocol import (
     padding_mask,
     video_windows,
 )
-from mtdistill.quirks import Quirks
 
 
 def labelled_utterance(n_frames: int, n_audio_frames: int) -> tuple[torch.Tensor, np.ndarray, int]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtdistill.cli import main
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.evaluation import utterance_accuracy
 from mtdistill.inference.onnx_export import export_onnx, int8_path, split_paths
 from mtdistill.inference.onnx_runtime import OnnxFactorisedModel, OnnxSyncModel, load_onnx_model

@@ -11,16 +11,11 @@ import torch
 
 from mtdistill.audio import load_audio, mel_window_start, utterance_mel
 from mtdistill.cli import main
+from mtdistill.core.errors import UserError
 from mtdistill.data.synthetic import make_talking_video, write_mp4
-from mtdistill.errors import UserError
+from mtdistill.inference.readout import SIGN_CONVENTION, readout_logits, verdict_for
 from mtdistill.inference.scoring import PairScorer, n_audio_windows, score_chunk
-from mtdistill.inference.sync import (
-    SIGN_CONVENTION,
-    TrackStream,
-    readout_logits,
-    sync_video,
-    verdict_for,
-)
+from mtdistill.inference.sync import TrackStream, sync_video
 from mtdistill.models import VocaLiST
 from mtdistill.models.presets import frames_to_input, windows_to_video
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.models.syncnet import (
     SyncNet,
     candidate_distances,

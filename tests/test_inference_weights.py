@@ -8,7 +8,7 @@ import time
 import pytest
 
 from mtdistill.cli import main
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.inference.weights import MTD_STUDENT, NO_CHECKPOINT_MESSAGE, fetch_official, verify
 from mtdistill.models import VocaLiST
 

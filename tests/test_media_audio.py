@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtdistill import audio
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.media import audio
 from mtdistill.media.testmedia import tone, write_audio, write_video
-from mtdistill.quirks import Quirks
 
 
 def reference_mel(wave: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.faces import HaarDetector, detect_near, get_detector, iou_matrix, nms
 from mtdistill.media.testmedia import draw_face, face_frame_fn, write_video
 from mtdistill.video import crop_face, crop_mouth, iter_mouth_crops, mouth_crops, track_faces

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.media.testmedia import face_frame_fn, tone, write_audio, write_video
 from mtdistill.video import iter_frames, probe, track_faces
 

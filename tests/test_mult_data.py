@@ -7,10 +7,10 @@ import pickle
 import numpy as np
 import pytest
 
-from mtdistill.data.mosei import MULT_FILE, MoseiDataset, load_mosei
-from mtdistill.data.mosei_synth import SynthMoseiConfig, generate, write_synthetic_mosei
-from mtdistill.errors import UserError
-from mtdistill.evaluation.mosei_metrics import (
+from mtdistill.core.errors import UserError
+from mtdistill.data.mult.mosei import MULT_FILE, MoseiDataset, load_mosei
+from mtdistill.data.mult.synth import SynthMoseiConfig, generate, write_synthetic_mosei
+from mtdistill.metrics.mult import (
     classification_metrics,
     majority_baseline,
     regression_metrics,

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtdistill.core.errors import UserError
 from mtdistill.distill import build_loss
-from mtdistill.distill.crd import ContrastMemory, NegativeSampler, nce_loss
-from mtdistill.distill.edam import edam_cross_entropy, edam_pair_loss, interpolation_matrix, temp_log_softmax
-from mtdistill.distill.mult_objective import hinton_kd
-from mtdistill.errors import UserError
-from mtdistill.models.mult import MulT, MulTOutput
-from mtdistill.models.mult_students import CONFIGURATIONS, student_for
+from mtdistill.distill.mult.crd import ContrastMemory, NegativeSampler, nce_loss
+from mtdistill.distill.mult.edam import edam_cross_entropy, edam_pair_loss, interpolation_matrix, temp_log_softmax
+from mtdistill.distill.mult.objective import hinton_kd
+from mtdistill.models.mult.students import CONFIGURATIONS, student_for
+from mtdistill.models.mult.teacher import MulT, MulTOutput
 from mtdistill.nn.crossmodal import offset_future_mask
 
 

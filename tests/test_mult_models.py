@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.models.mult import MulT, MulTConfig, load_mult_checkpoint
-from mtdistill.models.mult_students import CONFIGURATIONS, StudentConfig, VideoStudent, student_for
+from mtdistill.models.mult.students import CONFIGURATIONS, StudentConfig, VideoStudent, student_for
 
 DIMS = (12, 6, 5)
 LENGTHS = (6, 24, 24)

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtdistill.data.mosei import load_mosei
-from mtdistill.data.mosei_synth import SynthMoseiConfig, write_synthetic_mosei
+from mtdistill.core.errors import UserError
+from mtdistill.data.mult.mosei import load_mosei
+from mtdistill.data.mult.synth import SynthMoseiConfig, write_synthetic_mosei
 from mtdistill.distill import build_loss
-from mtdistill.errors import UserError
-from mtdistill.evaluation.mult_report import render_mult_table
-from mtdistill.models.mult import MulT
-from mtdistill.models.mult_students import CONFIGURATIONS, student_for
-from mtdistill.training.mult import evaluate_mult_run, load_mult_config, train_mult
+from mtdistill.evaluation.mult.evaluate import evaluate_mult_run
+from mtdistill.evaluation.mult.report import render_mult_table
+from mtdistill.models.mult.students import CONFIGURATIONS, student_for
+from mtdistill.models.mult.teacher import MulT
+from mtdistill.training.mult import load_mult_config, train_mult
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = [

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from mtdistill.errors import UserError
-from mtdistill.evaluation.f1 import batch_weighted_f1, epoch_f1
+from mtdistill.core.errors import UserError
+from mtdistill.metrics.f1 import batch_weighted_f1, epoch_f1
 from mtdistill.training.config import load_config, parse_override, validate
 from mtdistill.training.schedule import EpochStepLR, lr_at, warmup_step_factor
 
@@ -213,8 +213,8 @@ def test_model_init_from_copies_the_matching_tensors_of_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The demo teacher's warm start: `model.init_from` on a custom size copies what fits and says how much."""
+    from mtdistill.core.quirks import Quirks
     from mtdistill.models import VocaLiST
-    from mtdistill.quirks import Quirks
     from mtdistill.training.run import build_model
 
     torch.manual_seed(1)

@@ -24,8 +24,8 @@ import pytest
 import torch
 import yaml
 
+from mtdistill.core.errors import UserError
 from mtdistill.data import store as st
-from mtdistill.errors import UserError
 from mtdistill.models.vocalist import VocaLiST, VocaLiSTConfig
 from mtdistill.training.config import validate
 

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 COMMANDS = (
     "demo",

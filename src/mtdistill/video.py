@@ -12,13 +12,12 @@ The pieces live in ``mtdistill.media.*``; this module is the stable import path.
 
 from mtdistill.media.crops import CROP_MARGIN, crop_face, crop_mouth
 from mtdistill.media.detectors import DETECTORS, FaceDetector, HaarDetector, MtcnnDetector, get_detector
-from mtdistill.media.frames import FPS, MAX_WIDTH, MediaInfo, iter_frames, probe
+from mtdistill.media.frames import MAX_WIDTH, MediaInfo, iter_frames, probe
 from mtdistill.media.tracking import FaceTrack, TrackCrops, iter_mouth_crops, mouth_crops, track_faces
 
 __all__ = [
     "CROP_MARGIN",
     "DETECTORS",
-    "FPS",
     "MAX_WIDTH",
     "FaceDetector",
     "FaceTrack",

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 HELP = "run the whole pipeline on a synthetic corpus (CPU, minutes): synth, prepare, train, distill, evaluate, sync"
 
@@ -106,10 +106,10 @@ def _recipe(name: str, out: Path, scale: DemoScale, seed: int, epochs: int, warm
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtdistill.commands.evaluate import evaluate_to_folder
     from mtdistill.data.prepare import prepare
     from mtdistill.data.synthetic import make_talking_video, synth_corpus
     from mtdistill.evaluation.report import build_report
+    from mtdistill.evaluation.store_eval import evaluate_to_folder
     from mtdistill.inference.calibrate import CALIBRATION_MARGIN, calibrate_min_confidence
     from mtdistill.inference.sync import sync_video
     from mtdistill.models import VocaLiST

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtdistill.evaluation.experiment import run_experiment
+    from mtdistill.workflows.experiment import run_experiment
 
     statuses = run_experiment(args.config, dry_run=args.dry_run, device=args.device, report=not args.no_report)
     for s in statuses:

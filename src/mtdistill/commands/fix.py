@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtdistill.errors import UserError
+    from mtdistill.core.errors import UserError
     from mtdistill.inference.fix import fix_video
 
     fps = args.fps

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 HELP = "MulT teacher and video-only students (seed 002): synth | train | evaluate | report | demo"
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from mtdistill.data.mosei_synth import SynthMoseiConfig, write_synthetic_mosei
+    from mtdistill.data.mult.synth import SynthMoseiConfig, write_synthetic_mosei
 
     cfg = SynthMoseiConfig(
         n_train=args.n_train,
@@ -89,7 +89,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mtdistill.training.mult import evaluate_mult_run
+    from mtdistill.evaluation.mult.evaluate import evaluate_mult_run
 
     for run_dir in args.runs:
         res = evaluate_mult_run(run_dir, split=args.split, pickle_path=args.data, latency=not args.no_latency)
@@ -98,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mtdistill.evaluation.mult_report import render_mult_table
+    from mtdistill.evaluation.mult.report import render_mult_table
 
     paths = render_mult_table(args.runs, args.out)
     print(Path(paths["markdown"]).read_text())
@@ -116,9 +116,10 @@ DEMO_RECIPES = (
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mtdistill.data.mosei_synth import SynthMoseiConfig, write_synthetic_mosei
-    from mtdistill.evaluation.mult_report import render_mult_table
-    from mtdistill.training.mult import evaluate_mult_run, load_mult_config, train_mult
+    from mtdistill.data.mult.synth import SynthMoseiConfig, write_synthetic_mosei
+    from mtdistill.evaluation.mult.evaluate import evaluate_mult_run
+    from mtdistill.evaluation.mult.report import render_mult_table
+    from mtdistill.training.mult import load_mult_config, train_mult
 
     out = Path(args.out)
     configs = Path(args.configs) if args.configs else Path(__file__).resolve().parents[3] / "configs"

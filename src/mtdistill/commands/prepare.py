@@ -65,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtdistill.core.errors import UserError
     from mtdistill.data.prepare import prepare, summary_table
-    from mtdistill.errors import UserError
 
     if args.workers < 1 or args.shard_size < 1 or args.detect_every < 1:
         raise UserError("--workers, --shard-size and --detect-every must be >= 1")

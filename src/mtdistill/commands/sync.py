@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 HELP = "estimate the audio-visual offset of a video per face track (offset, confidence, verdict; --json, --plot)"
 

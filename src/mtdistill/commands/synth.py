@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtdistill.core.errors import UserError
     from mtdistill.data.synthetic import SPLITS, synth_corpus
-    from mtdistill.errors import UserError
 
     offset_splits = [s.strip() for s in args.offset_splits.split(",") if s.strip()]
     if set(offset_splits) - set(SPLITS):

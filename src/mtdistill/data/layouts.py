@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".mpg", ".mpeg", ".m4v"}
 LIST_SPLITS = ("pretrain", "train", "val", "test")

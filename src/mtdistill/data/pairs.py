@@ -24,16 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.core.timing import SAMPLES_PER_FRAME, SEARCH_RANGE, WINDOW_FRAMES, WINDOW_SAMPLES
 from mtdistill.data.store import Store
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
+from mtdistill.media.audio import chunk_mel
+from mtdistill.models.presets import check_preset
 
-WINDOW = 5
-SAMPLES_PER_FRAME = 640
-CHUNK = WINDOW * SAMPLES_PER_FRAME  # 3,200 samples
 SILENCE_RMS = 0.01
 NEGATIVE_TRIES = 11
-NEAR_NEGATIVE_RANGE = 15
 
 
 def rms(chunk: np.ndarray) -> float:
@@ -44,13 +43,13 @@ def rms(chunk: np.ndarray) -> float:
 
 def draw_start(rng: np.random.Generator, n: int) -> int:
     """Spec §3.4 step 2: a window start uniform in 0..n-5 inclusive."""
-    return int(rng.integers(0, n - WINDOW + 1))
+    return int(rng.integers(0, n - WINDOW_FRAMES + 1))
 
 
 def draw_negative(rng: np.random.Generator, n: int, pos: int, anywhere: bool = True) -> int:
     """Spec §3.4 step 3: a negative audio start != pos, anywhere in 0..n-5 (official) or within +-15 frames."""
     lo, hi = (
-        (0, n - WINDOW) if anywhere else (max(0, pos - NEAR_NEGATIVE_RANGE), min(n - WINDOW, pos + NEAR_NEGATIVE_RANGE))
+        (0, n - WINDOW_FRAMES) if anywhere else (max(0, pos - SEARCH_RANGE), min(n - WINDOW_FRAMES, pos + SEARCH_RANGE))
     )
     if hi <= lo:
         raise ValueError(f"no negative start other than {pos} in [{lo}, {hi}]")
@@ -73,7 +72,7 @@ def draw_pair(
     11 silent negatives for a silent positive). chunk_rms(start) gives the RMS of the chunk at start * 640.
     """
     pos = draw_start(rng, n)
-    if not bool(np.all(valid[pos : pos + WINDOW])):
+    if not bool(np.all(valid[pos : pos + WINDOW_FRAMES])):
         return None
     if rng.random() < 0.5:
         return pos, pos, 1.0
@@ -110,8 +109,6 @@ class PairDataset(Dataset):
         world_size: int | None = None,
         return_wave: bool = False,
     ) -> None:
-        from mtdistill.models.presets import check_preset
-
         self.preset = check_preset(preset)
         if isinstance(store_path_or_store, Store):
             self.store = store_path_or_store
@@ -134,7 +131,7 @@ class PairDataset(Dataset):
         for uid in uids:
             m = self.store.meta(uid)
             n = min(int(m["n_frames"]), int(m["n_samples"]) // SAMPLES_PER_FRAME)
-            if n > self.min_frames and n >= WINDOW + 1 and m.get("n_valid", n) >= WINDOW:
+            if n > self.min_frames and n >= WINDOW_FRAMES + 1 and m.get("n_valid", n) >= WINDOW_FRAMES:
                 self.uids.append(uid)
                 self.n_usable.append(n)
         if not self.uids:
@@ -179,7 +176,7 @@ class PairDataset(Dataset):
             def chunk_rms(start: int, uid: str = uid, cache: dict[int, float] = cache) -> float:
                 if start not in cache:
                     cache[start] = rms(
-                        self.store.audio(uid, start * SAMPLES_PER_FRAME, start * SAMPLES_PER_FRAME + CHUNK)
+                        self.store.audio(uid, start * SAMPLES_PER_FRAME, start * SAMPLES_PER_FRAME + WINDOW_SAMPLES)
                     )
                 return cache[start]
 
@@ -200,15 +197,13 @@ class PairDataset(Dataset):
 
     def item(self, uid: str, start: int, audio_start: int, label: float) -> dict:
         """Model-ready tensors for one pair in this dataset's preset."""
-        frames = self.store.frames(uid, start, start + WINDOW)
+        frames = self.store.frames(uid, start, start + WINDOW_FRAMES)
         a0 = audio_start * SAMPLES_PER_FRAME
-        wave = self.store.audio(uid, a0, a0 + CHUNK)
+        wave = self.store.audio(uid, a0, a0 + WINDOW_SAMPLES)
         out = {"video": window_to_input(frames, self.preset)}
         if self.return_wave:
             out["wave"] = torch.from_numpy(wave)
         else:
-            from mtdistill.audio import chunk_mel
-
             out["mel"] = torch.from_numpy(chunk_mel(wave, self.quirks))[None]
         out.update(label=torch.tensor(label, dtype=torch.float32), uid=uid, start=int(start),
                    audio_start=int(audio_start))  # fmt: skip

@@ -26,9 +26,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import SAMPLE_RATE
 from mtdistill.data import store as st
 from mtdistill.data.layouts import Discovery, SourceItem, discover, read_ground_truth
-from mtdistill.errors import UserError
+from mtdistill.media.audio import (
+    load_audio,
+    resample,  # imports torch: only when a wav needs resampling
+)
+from mtdistill.media.detectors import get_detector
+from mtdistill.media.frames import probe
+from mtdistill.media.tracking import FaceTrack, iter_mouth_crops, track_faces
 
 MIN_FRAMES = 5  # one model window; the pair sampler applies the official > 25 rule itself
 WAV2LIP_FACE = 96  # Wav2Lip crops are resized to 96x96 and the lower half (rows 48:96) is kept
@@ -57,7 +65,7 @@ def read_wav_16k(path: Path) -> np.ndarray:
 
     try:
         info = sf.info(str(path))
-        if info.samplerate == st.SR and info.subtype == "PCM_16":
+        if info.samplerate == SAMPLE_RATE and info.subtype == "PCM_16":
             data, _ = sf.read(str(path), dtype="int16", always_2d=True)
             if data.shape[1] == 1:
                 return data[:, 0]
@@ -65,9 +73,8 @@ def read_wav_16k(path: Path) -> np.ndarray:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise UserError(f"{path}: unreadable wav ({exc})") from None
-    from mtdistill.audio import resample  # imports torch: only when a wav needs resampling
 
-    return resample(data.mean(axis=1).astype(np.float32), sr, st.SR)
+    return resample(data.mean(axis=1).astype(np.float32), sr, SAMPLE_RATE)
 
 
 def load_jpgdir(folder: Path) -> Loaded:
@@ -98,28 +105,25 @@ _DETECTOR_CACHE: dict[str, object] = {}
 
 
 def load_video(path: Path, detector: str, detect_every: int = 1) -> Loaded:
-    """A video: 25 fps frames, face tracks and mouth crops (mtdistill.video), 16 kHz audio (mtdistill.audio).
+    """A video: 25 fps frames, face tracks and mouth crops (mtdistill.video), 16 kHz audio (mtdistill.media.audio).
 
     One utterance per video: with several face tracks the longest (then largest) is kept and noted. Frames
     outside the kept track are zeros with valid=False, so frame k stays aligned with audio sample 640 k.
     """
-    from mtdistill import video
-    from mtdistill.audio import load_audio
-
     det = _DETECTOR_CACHE.get(detector)
     if det is None:
-        det = _DETECTOR_CACHE.setdefault(detector, video.get_detector(detector))
-    tracks = video.track_faces(path, detector=det, detect_every=detect_every)
+        det = _DETECTOR_CACHE.setdefault(detector, get_detector(detector))
+    tracks = track_faces(path, detector=det, detect_every=detect_every)
 
-    def area(t: video.FaceTrack) -> float:
+    def area(t: FaceTrack) -> float:
         b = t.boxes[t.valid] if t.valid.any() else t.boxes
         return float(np.mean((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
 
     best = max(tracks, key=lambda t: (int(t.valid.sum()), area(t)))
-    n = max(best.end_frame + 1, video.probe(path).n_frames)
+    n = max(best.end_frame + 1, probe(path).n_frames)
     frames = np.zeros((n, *st.CROP_SHAPE), np.uint8)
     valid = np.zeros(n, np.bool_)
-    for _tid, start, crops, ok in video.iter_mouth_crops(path, [best]):
+    for _tid, start, crops, ok in iter_mouth_crops(path, [best]):
         frames[start : start + len(crops)] = crops
         valid[start : start + len(crops)] = ok
     note = f"{len(tracks)} face tracks; kept track {best.track_id} (longest, then largest)" if len(tracks) > 1 else ""

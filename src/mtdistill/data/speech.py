@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
-SR = 16000
+from mtdistill.core.timing import SAMPLE_RATE
+
 CONTROL_RATE = 1000  # control tracks are sampled every 1 ms, then held per 5 ms synthesis block
 BLOCK = 80  # samples per synthesis block (5 ms): formants are constant within a block
 
@@ -163,17 +164,17 @@ def random_articulation(rng: np.random.Generator, duration_s: float, voice: Voic
 
 def _resonator_coeffs(freq: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
     """Two-pole resonator with unit gain at DC (Klatt-style)."""
-    r = np.exp(-np.pi * bw / SR)
+    r = np.exp(-np.pi * bw / SAMPLE_RATE)
     c = -(r**2)
-    b = 2 * r * np.cos(2 * np.pi * freq / SR)
+    b = 2 * r * np.cos(2 * np.pi * freq / SAMPLE_RATE)
     a_gain = 1 - b - c
     return np.array([a_gain]), np.array([1.0, -b, -c])
 
 
 def synthesize(art: Articulation, voice: Voice, rng: np.random.Generator) -> np.ndarray:
     """Render control tracks to a float32 waveform at 16 kHz in [-1, 1]."""
-    n_samples = art.n * SR // CONTROL_RATE
-    up = SR // CONTROL_RATE
+    n_samples = art.n * SAMPLE_RATE // CONTROL_RATE
+    up = SAMPLE_RATE // CONTROL_RATE
     voiced = np.repeat(art.voiced, up)[:n_samples]
     noise_amp = np.repeat(art.noise, up)[:n_samples]
     kind = np.repeat(art.noise_kind, up)[:n_samples]
@@ -181,7 +182,7 @@ def synthesize(art: Articulation, voice: Voice, rng: np.random.Generator) -> np.
     f0 = f0 * (1 + rng.normal(0, 0.01, n_samples).cumsum() / np.sqrt(n_samples) * 0.5)  # slow jitter
 
     # glottal source: one pulse per period, with a spectral tilt of about -12 dB/octave
-    phase = np.cumsum(f0 / SR)
+    phase = np.cumsum(f0 / SAMPLE_RATE)
     pulses = np.diff(np.floor(phase), prepend=0.0).astype(np.float64)
     glottal = lfilter([1.0], [1.0, -1.9, 0.9025], pulses)  # double pole at 0.95: smooth glottal flow
     glottal = np.diff(glottal, prepend=0.0)  # radiation at the lips (first difference)
@@ -215,7 +216,7 @@ def synthesize(art: Articulation, voice: Voice, rng: np.random.Generator) -> np.
 
 def _highpass(fc: float) -> tuple[np.ndarray, np.ndarray]:
     """One-pole/one-zero high-pass (cheap, deterministic, no design routines)."""
-    a = np.exp(-2 * np.pi * fc / SR)
+    a = np.exp(-2 * np.pi * fc / SAMPLE_RATE)
     return np.array([(1 + a) / 2, -(1 + a) / 2]), np.array([1.0, -a])
 
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import WINDOW_FRAMES, WINDOW_SAMPLES
 
 FORMAT = "mtdistill-store/1"
 CROP_SHAPE = (48, 96, 3)
-FRAME_CHUNK = 5  # one model window per HDF5 chunk
-AUDIO_CHUNK = 3200 * 4
-SR = 16000
+FRAME_CHUNK = WINDOW_FRAMES  # one model window per HDF5 chunk
+AUDIO_CHUNK = WINDOW_SAMPLES * 4
 SPLITS = ("pretrain", "train", "val", "test")
 
 
@@ -323,3 +323,15 @@ class Store:
             if digest != self._entries[uid]["sha256"]:
                 bad.append(uid)
         return bad
+
+
+def open_store(path: str | Path) -> Store:
+    if not Path(path).exists():
+        raise UserError(f"data {path} not found; give a store folder made by `mtdistill prepare SRC OUT`")
+    try:
+        store = Store.open(path)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if len(store) == 0:
+        raise UserError(f"the store {path} holds no utterances; run `mtdistill prepare` on some videos first")
+    return store

@@ -21,11 +21,12 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import ANALYSIS_FPS, SAMPLE_RATE
 from mtdistill.data import render, speech
 from mtdistill.data.layouts import read_ground_truth  # noqa: F401  (re-exported for users of synthetic)
-from mtdistill.errors import UserError
+from mtdistill.media.detectors import get_detector
 
-SR = speech.SR
 SPLITS = ("pretrain", "train", "val", "test")
 DEFAULT_SPLIT_FRACTIONS = {"pretrain": 0.6, "train": 0.1, "val": 0.1, "test": 0.2}
 
@@ -49,7 +50,7 @@ def talking_clip(
     seed: int,
     duration_s: float = 3.0,
     offset_frames: int = 0,
-    fps: float = 25.0,
+    fps: float = ANALYSIS_FPS,
     size: tuple[int, int] | None = None,
     n_faces: int = 1,
     speaker_seed: int | None = None,
@@ -66,7 +67,7 @@ def talking_clip(
     size = size or (160 * n_faces, 160)
     w, h = size
     n_frames = int(round(duration_s * fps))
-    n_samples = int(round(n_frames * SR / fps))
+    n_samples = int(round(n_frames * SAMPLE_RATE / fps))
     spk_rng = _speaker_rng(seed if speaker_seed is None else speaker_seed, 0)
     rng = np.random.default_rng([seed, 0xC11])
     # clean timeline with room for the offset on both sides; the pad is the same for |offset| <= 30, so one
@@ -80,7 +81,7 @@ def talking_clip(
     arts += [speech.random_articulation(rng, total_s, speech.Voice.random(rng)) for _ in range(n_faces - 1)]
 
     wave = speech.synthesize(arts[0], voice, rng)
-    a0 = int(round((pad_s + offset_frames / fps) * SR))
+    a0 = int(round((pad_s + offset_frames / fps) * SAMPLE_RATE))
     audio = wave[a0 : a0 + n_samples]
 
     canvas0 = render.background(looks[0], size, rng)
@@ -106,8 +107,6 @@ def detectable_look(
 ) -> render.Appearance:
     """A random look that the default face detector (Haar) finds with the mouth closed, half and fully open and
     at both ends of the head motion; looks it misses are redrawn (a few % of draws: small, dark faces)."""
-    from mtdistill.media.detectors import get_detector
-
     detector = get_detector("haar")
     probe_rng = np.random.default_rng(0)  # the probe must not consume the caller's random stream
     app = render.Appearance.random(rng, size, slot)
@@ -137,7 +136,12 @@ def _blinks(rng: np.random.Generator, n: int, fps: float) -> np.ndarray:
 
 
 def write_mp4(
-    path: str | Path, frames: np.ndarray, audio: np.ndarray | None, fps: float = 25.0, sr: int = SR, crf: int = 18
+    path: str | Path,
+    frames: np.ndarray,
+    audio: np.ndarray | None,
+    fps: float = ANALYSIS_FPS,
+    sr: int = SAMPLE_RATE,
+    crf: int = 18,
 ) -> None:
     """Write RGB frames (H.264, yuv420p) and mono float audio (AAC) to an .mp4, atomically (tmp + rename)."""
     path = Path(path)
@@ -182,7 +186,7 @@ def make_talking_video(
     seed: int,
     duration_s: float = 3.0,
     offset_frames: int = 0,
-    fps: float = 25.0,
+    fps: float = ANALYSIS_FPS,
     size: tuple[int, int] | None = None,
     n_faces: int = 1,
     speaker_seed: int | None = None,
@@ -326,7 +330,7 @@ def synth_corpus(
     offsets: str = "0",
     offset_splits: Sequence[str] = SPLITS,
     splits: str | None = None,
-    fps: float = 25.0,
+    fps: float = ANALYSIS_FPS,
     size: tuple[int, int] = (160, 160),
     workers: int = 1,
     progress: bool = True,
@@ -386,7 +390,7 @@ def write_ground_truth(out: Path, plans: Sequence[UttPlan], fps: float, size: tu
         "seed": seed,
         "fps": fps,
         "size": list(size),
-        "sample_rate": SR,
+        "sample_rate": SAMPLE_RATE,
         "sign_convention": "offset_frames > 0: the audio leads the video (sound k frames before the lips)",
         "utterances": rows,
     }

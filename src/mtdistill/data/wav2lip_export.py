@@ -14,6 +14,9 @@ import cv2
 import numpy as np
 
 from mtdistill.data.layouts import VIDEO_SUFFIXES
+from mtdistill.media.audio import load_audio
+from mtdistill.media.detectors import get_detector
+from mtdistill.media.frames import iter_frames
 
 
 def export_video(
@@ -21,10 +24,6 @@ def export_video(
 ) -> int:
     """One video -> folder/{i}.jpg + folder/audio.wav; `drop` removes frames on purpose. Returns jpgs written."""
     import soundfile as sf
-
-    from mtdistill.audio import load_audio
-    from mtdistill.media.detectors import get_detector
-    from mtdistill.media.frames import iter_frames
 
     det = get_detector(detector)
     out = Path(folder)

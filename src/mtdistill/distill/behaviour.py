@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 VA_CLAMP_MIN = 1e-5
 """The released code clamps VA attention logits (teacher and student) at this minimum (spec 2.3)."""

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.distill.baselines import (
     FITNETS_BETA,
     KD_TEMPERATURE,
@@ -32,8 +34,6 @@ from mtdistill.distill.baselines import (
 from mtdistill.distill.behaviour import KL_REDUCTIONS, CapturedBehaviour, cad_loss, vr_loss
 from mtdistill.distill.registry import register
 from mtdistill.distill.weighting import WEIGHTINGS, automatic_weighting, uncertainty_weighting, uniform_weighting
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
 
 Layer = tuple[str, int]
 BLOCKS = ("fusion", "av", "va")

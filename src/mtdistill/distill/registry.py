@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 LOSSES: dict[str, type[nn.Module]] = {}
 """Every registered loss: name -> class (an ``nn.Module`` with ``forward(student_out, teacher_out, labels)``)."""
@@ -39,9 +39,9 @@ def register(name: str) -> Callable[[T], T]:
 
 BUILTIN_MODULES = (
     "mtdistill.distill.losses",
-    "mtdistill.distill.mult_objective",
-    "mtdistill.distill.crd",
-    "mtdistill.distill.edam",
+    "mtdistill.distill.mult.objective",
+    "mtdistill.distill.mult.crd",
+    "mtdistill.distill.mult.edam",
 )
 """Modules whose import registers losses; ``import mtdistill.distill`` imports them all."""
 

@@ -19,29 +19,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.core.timing import (
+    MEL_HOP,
+    MEL_WINDOW,
+    N_CANDIDATES,
+    SAMPLES_PER_FRAME,
+    SEARCH_RANGE,
+    WINDOW_FRAMES,
+    mel_window_start,
+)
+from mtdistill.models.vocalist import is_vocalist_family
 
-V_SHIFT = 15
-"""Candidates on each side of the visual window (spec 4.2): 2 * 15 + 1 = 31 candidates."""
-N_CANDIDATES = 2 * V_SHIFT + 1
 MASK_SCORE = -1000.0
 """Score given to zero-padded candidates by the official code (spec 4.2)."""
-WINDOW_FRAMES = 5
-MEL_WINDOW = 16
-SAMPLES_PER_FRAME = 640
-HOP = 200
 TOLERANCE = 1
 """A window is correct when its offset is within +-1 frame (spec 4.4)."""
 DEFAULT_LENGTHS = (5, 7, 9, 11, 13, 15)
 
 
 # --------------------------------------------------------------------------------------------- windows (spec 4.1)
-
-
-def mel_window_start(v: int) -> int:
-    """First mel column of the audio window for video frame v: floor(3.2 v), computed as int(80 v / 25) (spec 3.2)."""
-    return int(80 * v / 25)
 
 
 def n_windows(n_frames: int, n_samples: int, n_mel: int | None = None, exclude_last: bool = True) -> int:
@@ -78,7 +76,7 @@ def padded_index(n: int) -> np.ndarray:
 
     Candidate j of visual window i is padded audio window i + j, i.e. original audio window i - 15 + j.
     """
-    idx = np.arange(n)[:, None] - V_SHIFT + np.arange(N_CANDIDATES)[None, :]
+    idx = np.arange(n)[:, None] - SEARCH_RANGE + np.arange(N_CANDIDATES)[None, :]
     idx[(idx < 0) | (idx >= n)] = -1
     return idx
 
@@ -96,12 +94,12 @@ def padding_mask(n: int, official_edges: bool = True) -> np.ndarray:
     mask = np.zeros((n, N_CANDIDATES), dtype=bool)
     j = np.arange(N_CANDIDATES)
     for i in range(n):
-        left = i < V_SHIFT
-        right = i >= n - V_SHIFT
+        left = i < SEARCH_RANGE
+        right = i >= n - SEARCH_RANGE
         if left:
-            mask[i] |= j < V_SHIFT - i
+            mask[i] |= j < SEARCH_RANGE - i
         if right and (not left or not official_edges):
-            mask[i] |= j >= V_SHIFT + n - i
+            mask[i] |= j >= SEARCH_RANGE + n - i
     return mask
 
 
@@ -132,7 +130,7 @@ def context_scores(scores: np.ndarray, k: int) -> np.ndarray:
 
 def offsets(scores: np.ndarray) -> np.ndarray:
     """Offset per row = 15 - argmax_j (spec 4.2) = video index - audio index; positive = audio leads video."""
-    return V_SHIFT - np.argmax(scores, axis=1)
+    return SEARCH_RANGE - np.argmax(scores, axis=1)
 
 
 def correct_rows(row_offsets: np.ndarray, tolerance: int = TOLERANCE) -> np.ndarray:
@@ -218,11 +216,6 @@ def evaluate_logits(
 # ------------------------------------------------------------------------------------------- pair scoring (model)
 
 
-def is_vocalist_family(model: nn.Module) -> bool:
-    """True when the model exposes encode_video / encode_audio / backend (docs/internal_api.md)."""
-    return all(callable(getattr(model, name, None)) for name in ("encode_video", "encode_audio", "backend"))
-
-
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm import tqdm
 
@@ -238,7 +231,7 @@ def candidate_logits_plain(
     video (N, 15, 48, 96), audio (N, 1, 80, 16) on the model's device -> (N, 31) float32 logits.
     """
     n = video.shape[0]
-    pad = torch.zeros((V_SHIFT, *audio.shape[1:]), dtype=audio.dtype, device=audio.device)
+    pad = torch.zeros((SEARCH_RANGE, *audio.shape[1:]), dtype=audio.dtype, device=audio.device)
     padded = torch.cat([pad, audio, pad], dim=0)
     out = np.empty((n, N_CANDIDATES), dtype=np.float32)
     with _progress(n, progress, "windows (plain)") as bar:
@@ -357,7 +350,7 @@ def score_utterance(
     if mel_t.ndim != 2 or mel_t.shape[0] != 80:
         raise UserError(f"mel must have shape (80, M), got {tuple(mel_t.shape)}")
     m = mel_t.shape[1]
-    n_samples = (m - 1) * HOP if n_samples is None else int(n_samples)
+    n_samples = (m - 1) * MEL_HOP if n_samples is None else int(n_samples)
     min_length = min(frames_t.shape[0], n_samples // SAMPLES_PER_FRAME)
     n = n_windows(frames_t.shape[0], n_samples, m, exclude_last=quirks.eval_exclude_last_window)
     if n < 1:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mtdistill.evaluation import reference
+from mtdistill.evaluation import figures, reference
 from mtdistill.evaluation.results import markdown_table, write_csv, write_json
 
 LENGTHS = reference.LENGTHS
@@ -219,8 +219,6 @@ def _fmt_rows(rows: list[dict], keys: list[str]) -> list[list[Any]]:
 
 def build_report(paths: list[str | Path], out: str | Path) -> dict:
     """Write table1/table2 (.md/.csv/.json), fig2-4 (.png) and report.md into ``out``; return what was written."""
-    from mtdistill.evaluation import figures
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rep = find_runs(paths)

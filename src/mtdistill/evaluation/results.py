@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.safeio import atomic_write_text
 from mtdistill.evaluation import reference
+from mtdistill.models import STUDENT, TEACHER, VocaLiST
+from mtdistill.models.presets import check_preset
 
 BEST, LAST = "model_best.safetensors", "model_last.safetensors"
 
@@ -31,17 +33,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def load_model(path: Path, preset: str | None):
     """Load any VocaLiST-family checkpoint; stop with a one-line error when it has no input preset."""
-    from mtdistill.models import VocaLiST
-    from mtdistill.models.presets import check_preset
-
     model = VocaLiST.from_checkpoint(path, preset=preset)
     check_preset(model.preset)
     return model
 
 
 def model_name(model) -> str:
-    from mtdistill.models import STUDENT, TEACHER
-
     config = getattr(model, "config", None)
     if config == TEACHER:
         return "VocaLiST (teacher)"
@@ -52,16 +49,8 @@ def model_name(model) -> str:
     return type(model).__name__
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
@@ -73,7 +62,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt_cell(row.get(k)) for k in columns})
-    _atomic_write(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def _fmt_cell(v: Any) -> Any:

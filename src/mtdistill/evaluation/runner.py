@@ -10,17 +10,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.core.timing import SAMPLES_PER_FRAME, WINDOW_FRAMES
+from mtdistill.data.pairs import PairDataset
 from mtdistill.evaluation.protocol import (
     DEFAULT_LENGTHS,
-    SAMPLES_PER_FRAME,
-    WINDOW_FRAMES,
     check_lengths,
     is_vocalist_family,
     macro_average,
     score_utterance,
 )
-from mtdistill.quirks import Quirks
+from mtdistill.media.audio import utterance_mel
+from mtdistill.metrics.f1 import batch_weighted_f1, epoch_f1
+from mtdistill.models.presets import check_preset, frames_to_input
 
 MIN_VAL_PAIRS = 256
 
@@ -76,9 +79,6 @@ def evaluate_store(
 ) -> StoreEvaluation:
     """Evaluate every utterance of a store split with the official protocol; macro average over utterances."""
     from tqdm import tqdm
-
-    from mtdistill.audio import utterance_mel
-    from mtdistill.models.presets import check_preset, frames_to_input
 
     quirks = quirks or Quirks()
     lengths = check_lengths(lengths)
@@ -141,9 +141,6 @@ def validation_f1(
     that small stores still give a meaningful number.
     """
     from torch.utils.data import DataLoader
-
-    from mtdistill.data.pairs import PairDataset
-    from mtdistill.evaluation.f1 import batch_weighted_f1, epoch_f1
 
     if length is None:
         length = max(len(store.ids(split)), MIN_VAL_PAIRS)

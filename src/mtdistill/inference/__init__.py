@@ -11,8 +11,8 @@ from __future__ import annotations
 _EXPORTS = {
     "sync_video": "mtdistill.inference.sync",
     "load_model": "mtdistill.inference.sync",
-    "SyncResult": "mtdistill.inference.sync",
-    "TrackResult": "mtdistill.inference.sync",
+    "SyncResult": "mtdistill.inference.readout",
+    "TrackResult": "mtdistill.inference.readout",
     "score_folder": "mtdistill.inference.score",
     "fix_video": "mtdistill.inference.fix",
     "export_onnx": "mtdistill.inference.onnx_export",

@@ -12,15 +12,15 @@ from pathlib import Path
 
 from torch import nn
 
+from mtdistill.data.synthetic import talking_clip, write_mp4
+from mtdistill.inference.sync import sync_video
+
 CALIBRATION_MARGIN = 1.1
 """min_confidence = this x the highest confidence on swapped-audio clips."""
 
 
 def swapped_audio_confidences(model: nn.Module, clips: int = 4, seed: int = 0, duration_s: float = 4.0) -> list[float]:
     """`sync` confidence of ``clips`` synthetic videos whose audio is another synthetic clip's (stride 1)."""
-    from mtdistill.data.synthetic import talking_clip, write_mp4
-    from mtdistill.inference.sync import sync_video
-
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(clips):

@@ -16,9 +16,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.safeio import atomic_path
 from mtdistill.media.decode import decode_error, open_media
-from mtdistill.safeio import atomic_path
 
 # Containers that cannot hold AAC get a lossless codec they do support.
 _AUDIO_CODEC_BY_FORMAT = {"wav": "pcm_s16le", "ogg": "libopus", "webm": "libopus", "flac": "flac"}

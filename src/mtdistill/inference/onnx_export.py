@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
-from mtdistill.safeio import atomic_path
+from mtdistill.core.errors import UserError
+from mtdistill.core.safeio import atomic_path
 
 SPLIT_SUFFIXES = ("_video", "_audio", "_backend")
 DEFAULT_OPSET = 17

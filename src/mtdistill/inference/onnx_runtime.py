@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 from mtdistill.inference.onnx_export import split_paths
 
 

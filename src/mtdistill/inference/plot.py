@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdistill.safeio import atomic_path
+from mtdistill.core.safeio import atomic_path
 
 
 def plot_sync(result, path: str | os.PathLike) -> Path:

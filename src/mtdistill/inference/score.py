@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import SEARCH_RANGE
+from mtdistill.inference.sync import load_model, sync_video
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 COLUMNS = (
@@ -47,7 +49,7 @@ class ModelSpec:
     onnx: str | None = None
     kind: str = "vocalist"
     stride: int = 1
-    vshift: int = 15
+    vshift: int = SEARCH_RANGE
     min_confidence: float | None = None
     detector: str = "haar"
     detect_every: int | None = None
@@ -79,15 +81,12 @@ def _init_worker(spec: ModelSpec, threads: int | None) -> None:
 
     if threads:
         torch.set_num_threads(threads)
-    from mtdistill.inference.sync import load_model
 
     _WORKER["model"] = load_model(spec.checkpoint, spec.preset, spec.onnx, spec.kind)
     _WORKER["spec"] = spec
 
 
 def _score_one(video: str) -> list[dict]:
-    from mtdistill.inference.sync import sync_video
-
     spec: ModelSpec = _WORKER["spec"]
     try:
         res = sync_video(

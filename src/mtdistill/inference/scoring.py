@@ -22,24 +22,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdistill.audio import HOP, MEL_FRAMES, N_FFT, mel_window_start, utterance_mel
-from mtdistill.evaluation.protocol import is_vocalist_family
-
-VSHIFT = 15
-WINDOW = 5
-SAMPLES_PER_FRAME = 640
+from mtdistill.core.timing import MEL_HOP, MEL_WINDOW, SAMPLES_PER_FRAME, SEARCH_RANGE, WINDOW_FRAMES, mel_window_start
+from mtdistill.media.audio import N_FFT, utterance_mel
+from mtdistill.models.vocalist import is_vocalist_family
 
 
 def n_mel_columns(n_samples: int) -> int:
     """Columns of the whole-file utterance mel: S // 200 + 1 (center=True STFT)."""
-    return n_samples // HOP + 1
+    return n_samples // MEL_HOP + 1
 
 
 def n_audio_windows(n_samples: int) -> int:
     """Audio windows a = 0..A-1 that have 5 frames of audio and 16 mel columns."""
     m = n_mel_columns(n_samples)
-    a = n_samples // SAMPLES_PER_FRAME - WINDOW + 1
-    while a > 0 and mel_window_start(a - 1) + MEL_FRAMES > m:
+    a = n_samples // SAMPLES_PER_FRAME - WINDOW_FRAMES + 1
+    while a > 0 and mel_window_start(a - 1) + MEL_WINDOW > m:
         a -= 1
     return max(a, 0)
 
@@ -47,13 +44,13 @@ def n_audio_windows(n_samples: int) -> int:
 def mel_columns(wave: np.ndarray, c0: int, c1: int) -> np.ndarray:
     """Columns [c0, c1) of ``utterance_mel(wave)`` computed from a slice of the wave (exact, see module doc)."""
     n = wave.shape[0]
-    ctx = N_FFT // (2 * HOP)  # 2 columns: a column's window reaches 400 samples either side of its centre
-    s0 = max(c0 - ctx, 0) * HOP
-    s1 = min((c1 - 1 + ctx) * HOP + 1, n)
+    ctx = N_FFT // (2 * MEL_HOP)  # 2 columns: a column's window reaches 400 samples either side of its centre
+    s0 = max(c0 - ctx, 0) * MEL_HOP
+    s1 = min((c1 - 1 + ctx) * MEL_HOP + 1, n)
     if s0 == 0 and s1 == n:
         return utterance_mel(wave)[:, c0:c1]
     seg = utterance_mel(wave[s0:s1])
-    first = c0 - s0 // HOP
+    first = c0 - s0 // MEL_HOP
     return seg[:, first : first + (c1 - c0)]
 
 
@@ -122,7 +119,7 @@ class PairScorer:
 class CurveAccumulator:
     """Running per-candidate sums (for the window-averaged curve) and per-window offsets of one track."""
 
-    vshift: int = VSHIFT
+    vshift: int = SEARCH_RANGE
     sums: np.ndarray = field(init=False)
     counts: np.ndarray = field(init=False)
     starts: list[int] = field(default_factory=list)
@@ -156,7 +153,12 @@ class CurveAccumulator:
 
 
 def score_chunk(
-    scorer: PairScorer, windows: torch.Tensor, starts: np.ndarray, wave: np.ndarray, n_audio: int, vshift: int = VSHIFT
+    scorer: PairScorer,
+    windows: torch.Tensor,
+    starts: np.ndarray,
+    wave: np.ndarray,
+    n_audio: int,
+    vshift: int = SEARCH_RANGE,
 ) -> np.ndarray:
     """(W, 31) logits of visual windows starting at absolute frames ``starts`` against audio windows
     starts - vshift .. starts + vshift; NaN where the audio window does not exist (before 0 or past the end)."""
@@ -168,8 +170,8 @@ def score_chunk(
         return rows
     audio_idx = np.arange(a_lo, a_hi + 1)
     c0 = mel_window_start(a_lo)
-    mel = mel_columns(wave, c0, mel_window_start(a_hi) + MEL_FRAMES)
-    cols = np.array([mel_window_start(a) - c0 for a in audio_idx])[:, None] + np.arange(MEL_FRAMES)[None, :]
+    mel = mel_columns(wave, c0, mel_window_start(a_hi) + MEL_WINDOW)
+    cols = np.array([mel_window_start(a) - c0 for a in audio_idx])[:, None] + np.arange(MEL_WINDOW)[None, :]
     mels = torch.from_numpy(np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None]))
     cand = starts[:, None] - vshift + np.arange(2 * vshift + 1)[None, :]  # absolute audio window per candidate
     ok = (cand >= a_lo) & (cand <= a_hi)

@@ -5,125 +5,41 @@ the mouth of each track in the model's preset, load the audio at 16 kHz; then, p
 window at the chosen stride against the 2 * vshift + 1 audio offsets (`mtdistill.inference.scoring`, factorised
 and streamed in chunks), average the score rows into one curve and read off offset, confidence and verdict.
 
-Sign convention (ARCHITECTURE.md): offset_frames = video frame index - index of the best-matching audio window;
-positive = the audio leads the video (the sound comes before the lips). offset_ms = offset_frames * 1000 / fps
-with fps = 25, the analysis rate (40 ms per frame).
-
-Confidence (VocaLiST models) = max(curve) - median(curve), in logit units: how far the best offset stands above
-a typical wrong one, on the window-averaged logit curve. It mirrors syncnet_python's "conf" (median - min of the
-mean distance curve, i.e. LSE-C) with the VocaLiST logit in place of the negative distance; being a difference
-of logits, it ignores the model's overall bias. Verdict: in_sync when |offset| <= 1 frame (the protocol's
-tolerance) and confidence >= min_confidence; out_of_sync when |offset| > 1 and confidence >= min_confidence;
-undetermined otherwise (no talking face, silence, dubbed audio...). See docs/sync.md for the calibration.
+The readout (offset, confidence, verdict) and the result types live in `mtdistill.inference.readout`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from mtdistill.errors import UserError
-from mtdistill.inference.scoring import VSHIFT, WINDOW, CurveAccumulator, PairScorer, n_audio_windows, score_chunk
-
-ANALYSIS_FPS = 25.0
-SIGN_CONVENTION = (
-    "offset_frames = video frame index - index of the best-matching audio window; "
-    "positive = audio leads video (sound before lips); offset_ms = offset_frames * 1000 / fps"
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SAMPLE_RATE, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.inference.onnx_runtime import load_onnx_model
+from mtdistill.inference.readout import (
+    DEFAULT_MIN_CONFIDENCE,
+    SyncResult,
+    TrackResult,
+    readout_logits,
+    verdict_for,
 )
-IN_SYNC_TOLERANCE = 1
-"""|offset| <= 1 frame (40 ms) counts as in sync, the evaluation protocol's tolerance (spec 4.4)."""
-DEFAULT_MIN_CONFIDENCE = 1.8
-"""Logit margin below which the verdict is undetermined (VocaLiST models). Calibrated with the committed trained
-tiny model (`bench_inference.py calibrate`, 10 + 10 synthetic 4 s clips): clips with another clip's audio scored
-0.33-1.39, clips with known offsets 2.25-3.38 (all 10 exact); 1.8 sits between the two (docs/sync.md)."""
-SYNCNET_MIN_CONFIDENCE = 3.0
-"""LSE-C below which a SyncNet verdict is undetermined: a conventional value (LRS2-like real talking faces score
-~6-8, mismatched audio ~1-2 in the lip-sync literature); not calibrated here (no SyncNet weights offline)."""
+from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_windows, score_chunk
+from mtdistill.inference.syncnet_sync import sync_video_syncnet
+from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
+from mtdistill.media.audio import load_audio
+from mtdistill.media.frames import probe
+from mtdistill.media.tracking import iter_mouth_crops, track_faces
+from mtdistill.models.presets import check_preset, frames_to_input, windows_to_video
+from mtdistill.models.syncnet import SyncNet
+from mtdistill.models.vocalist import VocaLiST
+
 CHUNK_WINDOWS = 64
-
-
-@dataclass
-class TrackResult:
-    """Sync estimate for one face track (frame indices at the 25 fps analysis rate, inclusive)."""
-
-    track: int
-    start_frame: int
-    end_frame: int
-    n_windows: int
-    offset_frames: int
-    offset_ms: float
-    confidence: float
-    verdict: str
-    curve: list[float]
-    """Window-averaged score for the 31 candidates; entry j is offset vshift - j (index 15 = offset 0).
-    VocaLiST: mean logit (higher = better). SyncNet: mean L2 distance (lower = better)."""
-    window_offsets: list[int]
-    """Offset of every scored window (its own argmax), in time order."""
-    window_starts: list[int]
-    """First frame of every scored window (same order as window_offsets)."""
-    lse_c: float | None = None
-    lse_d: float | None = None
-
-
-@dataclass
-class SyncResult:
-    """Everything `sync_video` found; `to_json()` is what `mtdistill sync --json` prints."""
-
-    video: str
-    duration_s: float
-    fps: float
-    source_fps: float
-    n_frames: int
-    model: str
-    preset: str | None
-    stride: int
-    vshift: int
-    min_confidence: float
-    tracks: list[TrackResult]
-    timing: dict[str, float] = field(default_factory=dict)
-    sign_convention: str = SIGN_CONVENTION
-    schema: str = "mtdistill-sync/1"
-
-    def main_track(self) -> TrackResult | None:
-        """The track with the most scored windows (the main speaker in a single-speaker video)."""
-        return max(self.tracks, key=lambda t: t.n_windows, default=None)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-
-# ---------------------------------------------------------------------------------------------- readout
-
-
-def verdict_for(offset_frames: int, confidence: float, min_confidence: float) -> str:
-    """in_sync / out_of_sync when confident, else undetermined (thresholds in the module docstring)."""
-    if not np.isfinite(confidence) or confidence < min_confidence:
-        return "undetermined"
-    return "in_sync" if abs(offset_frames) <= IN_SYNC_TOLERANCE else "out_of_sync"
-
-
-def readout_logits(curve: np.ndarray, vshift: int = VSHIFT) -> tuple[int, float, np.ndarray]:
-    """(offset, confidence, filled curve) from a window-averaged logit curve (NaN = candidate never scored).
-
-    offset = vshift - argmax; confidence = max - median over the scored candidates; NaN entries are filled with
-    the curve's minimum so that the JSON holds 31 finite floats and they never win.
-    """
-    ok = np.isfinite(curve)
-    if not ok.any():
-        raise UserError("no audio window could be paired with the video; is the audio shorter than 0.2 s?")
-    j = int(np.nanargmax(curve))
-    conf = float(curve[j] - np.median(curve[ok]))
-    return vshift - j, conf, np.where(ok, curve, np.nanmin(curve))
 
 
 # ---------------------------------------------------------------------------------------------- streaming
@@ -146,14 +62,14 @@ class TrackStream:
         wave: np.ndarray,
         preset: str,
         stride: int = 1,
-        vshift: int = VSHIFT,
+        vshift: int = SEARCH_RANGE,
         chunk_windows: int = CHUNK_WINDOWS,
         progress=None,
     ) -> None:
         self.scorer, self.wave, self.preset = scorer, wave, preset
         self.vshift, self.chunk_windows, self.progress = vshift, chunk_windows, progress
         self.n_audio = n_audio_windows(len(wave))
-        self.starts = np.arange(start_frame, end_frame - WINDOW + 2, stride)
+        self.starts = np.arange(start_frame, end_frame - WINDOW_FRAMES + 2, stride)
         self.acc = CurveAccumulator(vshift)
         self.crops: list[np.ndarray] = []  # pieces, frames [buf_start, buf_start + n_buffered)
         self.valid: list[np.ndarray] = []
@@ -177,7 +93,7 @@ class TrackStream:
         while True:
             have_until = self.expected
             ready = self.next_w
-            while ready < len(self.starts) and self.starts[ready] + WINDOW <= have_until:
+            while ready < len(self.starts) and self.starts[ready] + WINDOW_FRAMES <= have_until:
                 ready += 1
             if ready == self.next_w or (not final and ready - self.next_w < self.chunk_windows):
                 return
@@ -189,7 +105,7 @@ class TrackStream:
         frames = np.concatenate(self.crops) if len(self.crops) > 1 else self.crops[0]
         valid = np.concatenate(self.valid) if len(self.valid) > 1 else self.valid[0]
         rel = starts - self.buf_start
-        ok = np.array([valid[r : r + WINDOW].all() for r in rel], bool)
+        ok = np.array([valid[r : r + WINDOW_FRAMES].all() for r in rel], bool)
         if ok.any():
             good = starts[ok]
             windows = _windows(frames, int(good[0]) - self.buf_start, good - good[0], self.preset)
@@ -207,9 +123,7 @@ class TrackStream:
 
 def _windows(frames: np.ndarray, first: int, rel_starts: np.ndarray, preset: str) -> torch.Tensor:
     """(W, 15, 48, 96) model windows from buffered RGB crops; rel_starts relative to ``first``."""
-    from mtdistill.models.presets import frames_to_input, windows_to_video
-
-    last = first + int(rel_starts[-1]) + WINDOW
+    last = first + int(rel_starts[-1]) + WINDOW_FRAMES
     return windows_to_video(frames_to_input(frames[first:last], preset), rel_starts)
 
 
@@ -220,13 +134,9 @@ def load_model(
     kind: str = "vocalist",
 ) -> nn.Module:
     """The scoring model: an ONNX file, a SyncNet file, or a VocaLiST / MTDVocaLiST checkpoint."""
-    from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
-
     if kind not in ("vocalist", "syncnet"):
         raise UserError(f"unknown --model {kind!r}; choose vocalist or syncnet")
     if onnx is not None:
-        from mtdistill.inference.onnx_runtime import load_onnx_model
-
         model = load_onnx_model(onnx)
         if preset:
             model.preset = preset
@@ -234,11 +144,7 @@ def load_model(
     if checkpoint is None:
         raise UserError(NO_CHECKPOINT_MESSAGE)
     if kind == "syncnet":
-        from mtdistill.models.syncnet import SyncNet
-
         return SyncNet.from_checkpoint(checkpoint)
-    from mtdistill.models.vocalist import VocaLiST
-
     return VocaLiST.from_checkpoint(checkpoint, preset=preset)
 
 
@@ -258,7 +164,7 @@ def sync_video(
     *,
     preset: str | None = None,
     stride: int = 1,
-    vshift: int = VSHIFT,
+    vshift: int = SEARCH_RANGE,
     min_confidence: float | None = None,
     detector: str = "haar",
     device: str | None = None,
@@ -278,15 +184,11 @@ def sync_video(
     between (`track_faces`; 0 = whole frames only).
     ``bf16``: bfloat16 autocast for the model (VocaLiST family; fast on CPUs with AVX512-BF16 and on GPUs).
     """
-    from mtdistill.models.syncnet import SyncNet
-
     if stride < 1:
         raise UserError(f"--stride must be >= 1, got {stride}")
     if not 1 <= vshift <= 50:
         raise UserError(f"--vshift must be between 1 and 50 frames, got {vshift}")
     if isinstance(model, SyncNet):
-        from mtdistill.inference.syncnet_sync import sync_video_syncnet
-
         return sync_video_syncnet(
             path,
             model,
@@ -299,10 +201,6 @@ def sync_video(
             detect_every=detect_every,
             rescan_every=rescan_every,
         )
-    from mtdistill.audio import load_audio
-    from mtdistill.models.presets import check_preset
-    from mtdistill.video import probe
-
     preset = check_preset(preset or getattr(model, "preset", None))
     min_conf = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
     timing: dict[str, float] = {}
@@ -315,24 +213,22 @@ def sync_video(
     wave = load_audio(path)
     timing["audio_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    from mtdistill.video import iter_mouth_crops, track_faces
-
     every = detect_every or min(stride, 5)
     found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
-    tracks = [t for t in found if t.n_frames >= WINDOW + 1]
+    tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     timing["faces_s"] = time.perf_counter() - t1
     if not tracks:
         raise UserError(
-            f"{path}: no face found for at least {WINDOW + 1} consecutive frames; sync needs a visible, "
+            f"{path}: no face found for at least {WINDOW_FRAMES + 1} consecutive frames; sync needs a visible, "
             "roughly frontal face"
         )
     if n_audio_windows(len(wave)) < 1:
-        raise UserError(f"{path}: audio too short ({len(wave) / 16000:.2f} s); sync needs at least 0.2 s of sound")
+        raise UserError(
+            f"{path}: audio too short ({len(wave) / SAMPLE_RATE:.2f} s); sync needs at least 0.2 s of sound"
+        )
     scorer = PairScorer(model, device=device, bf16=bf16)
     t2 = time.perf_counter()
-    from tqdm import tqdm
-
-    total = sum(len(range(t.start_frame, t.end_frame - WINDOW + 2, stride)) for t in tracks)
+    total = sum(len(range(t.start_frame, t.end_frame - WINDOW_FRAMES + 2, stride)) for t in tracks)
     results: list[TrackResult] = []
     with tqdm(total=total, desc="sync", unit="win", disable=not progress, dynamic_ncols=True) as bar:
         streams = {
@@ -355,7 +251,7 @@ def sync_video(
                     end_frame=t.end_frame,
                     n_windows=acc.n_windows,
                     offset_frames=offset,
-                    offset_ms=offset * 1000.0 / ANALYSIS_FPS,
+                    offset_ms=offset * FRAME_MS,
                     confidence=conf,
                     verdict=verdict_for(offset, conf, min_conf),
                     curve=[float(x) for x in curve],
@@ -370,7 +266,7 @@ def sync_video(
     return SyncResult(
         video=str(path),
         duration_s=float(info.duration_s),
-        fps=ANALYSIS_FPS,
+        fps=float(ANALYSIS_FPS),
         source_fps=float(info.fps),
         n_frames=int(info.n_frames),
         model=_model_name(model),

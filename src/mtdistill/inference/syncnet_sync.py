@@ -16,7 +16,12 @@ import time
 import numpy as np
 import torch
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.inference.readout import SYNCNET_MIN_CONFIDENCE, SyncResult, TrackResult, verdict_for
+from mtdistill.media.audio import load_audio
+from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
+from mtdistill.media.tracking import track_faces
 from mtdistill.models.syncnet import (
     FACE_SIZE,
     SyncNet,
@@ -27,7 +32,6 @@ from mtdistill.models.syncnet import (
     mfcc_windows,
 )
 
-WINDOW = 5
 CHUNK = 16  # windows per SyncNet forward (5 x 224 x 224 x 3 floats each)
 
 
@@ -38,7 +42,7 @@ class _SyncNetTrack:
         self.track = track
         seg = wave[track.start_frame * 640 : (track.end_frame + 1) * 640]
         self.min_length = min(track.n_frames, len(seg) // 640)
-        self.n = self.min_length - WINDOW
+        self.n = self.min_length - WINDOW_FRAMES
         self.seg = seg
         self.starts = np.arange(0, max(self.n, 0), stride)
         self.frames: list[np.ndarray] = []
@@ -53,13 +57,13 @@ class _SyncNetTrack:
     def _flush(self, net: SyncNet, device: torch.device, final: bool) -> None:
         have = self.buf_start + len(self.frames)
         ready = self.next_w
-        while ready < len(self.starts) and self.starts[ready] + WINDOW <= have:
+        while ready < len(self.starts) and self.starts[ready] + WINDOW_FRAMES <= have:
             ready += 1
         if ready == self.next_w or (not final and ready - self.next_w < CHUNK):
             return
         starts = self.starts[self.next_w : ready]
         buf = np.stack(self.frames)  # (F, 224, 224, 3) BGR uint8
-        idx = (starts - self.buf_start)[:, None] + np.arange(WINDOW)[None, :]
+        idx = (starts - self.buf_start)[:, None] + np.arange(WINDOW_FRAMES)[None, :]
         x = torch.from_numpy(buf[idx]).float().permute(0, 4, 1, 2, 3)  # (W, 3, 5, 224, 224)
         with torch.inference_mode():
             self.embeddings.append(net.forward_lip(x.to(device)).cpu())
@@ -98,7 +102,7 @@ def sync_video_syncnet(
     net: SyncNet,
     *,
     stride: int = 1,
-    vshift: int = 15,
+    vshift: int = SEARCH_RANGE,
     min_confidence: float | None = None,
     detector: str = "haar",
     device: str | None = None,
@@ -107,17 +111,6 @@ def sync_video_syncnet(
     rescan_every: int = 25,
 ):
     """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance."""
-    from mtdistill.audio import load_audio
-    from mtdistill.inference.sync import (
-        ANALYSIS_FPS,
-        SYNCNET_MIN_CONFIDENCE,
-        SyncResult,
-        TrackResult,
-        verdict_for,
-    )
-    from mtdistill.media.frames import output_size
-    from mtdistill.video import MAX_WIDTH, iter_frames, probe, track_faces
-
     dev = torch.device(device or "cpu")
     net = net.to(dev).eval()
     min_conf = SYNCNET_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
@@ -128,9 +121,9 @@ def sync_video_syncnet(
     wave = load_audio(path)
     every = detect_every or min(stride, 5)
     found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
-    tracks = [t for t in found if t.n_frames >= WINDOW + 1]
+    tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     if not tracks:
-        raise UserError(f"{path}: no face found for at least {WINDOW + 1} consecutive frames")
+        raise UserError(f"{path}: no face found for at least {WINDOW_FRAMES + 1} consecutive frames")
     t1 = time.perf_counter()
     dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
     scale = dec_w / info.width if info.width else 1.0
@@ -163,7 +156,7 @@ def sync_video_syncnet(
                 end_frame=t.end_frame,
                 n_windows=len(st.starts),
                 offset_frames=lse.offset_frames,
-                offset_ms=lse.offset_frames * 1000.0 / ANALYSIS_FPS,
+                offset_ms=lse.offset_frames * FRAME_MS,
                 confidence=lse.lse_c,
                 verdict=verdict_for(lse.offset_frames, lse.lse_c, min_conf),
                 curve=lse.curve,
@@ -179,7 +172,7 @@ def sync_video_syncnet(
     return SyncResult(
         video=str(path),
         duration_s=float(info.duration_s),
-        fps=ANALYSIS_FPS,
+        fps=float(ANALYSIS_FPS),
         source_fps=float(info.fps),
         n_frames=int(info.n_frames),
         model=f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params)",

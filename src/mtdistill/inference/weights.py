@@ -9,7 +9,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.models.vocalist import VocaLiST
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,6 @@ def verify(path: Path, spec: OfficialWeights) -> dict:
         raise UserError(
             f"{path} has {size:,} bytes, expected {spec.min_bytes:,}..{spec.max_bytes:,}; delete it and download again"
         )
-    from mtdistill.models.vocalist import VocaLiST
 
     model = VocaLiST.from_checkpoint(path, preset=spec.preset)
     params = sum(p.numel() for p in model.parameters())

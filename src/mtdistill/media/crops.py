@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 FACE_SIZE = 96
 CROP_MARGIN = 0.10

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import av
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 OPEN_TIMEOUT_S = 20.0
 """PyAV's interrupt callback aborts an open or a read that blocks longer than this (broken or endless input)."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 DETECT_SIZE = 640
 """Built-in detectors look at frames downscaled so that their longer side is at most this (boxes are mapped

@@ -12,10 +12,10 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import ANALYSIS_FPS
 from mtdistill.media.decode import check_media_path, container_origin, decode_error, open_media, stream_start
 
-FPS = 25.0
 MAX_WIDTH = 1920
 """Frames wider than this are downscaled while decoding (4K input): detection and 96x96 crops need no more."""
 
@@ -45,7 +45,7 @@ class MediaInfo:
     matrix: phone videos filmed upright). ``width`` / ``height`` and every decoded frame are already turned."""
 
 
-def probe(path: str | os.PathLike, fps: float = FPS) -> MediaInfo:
+def probe(path: str | os.PathLike, fps: float = ANALYSIS_FPS) -> MediaInfo:
     """Read duration, frame rate, size and streams of a media file; UserError if it is not readable media.
 
     Cached per (path, size, modification time): one `sync` probes its file in several stages, and reading the
@@ -120,7 +120,7 @@ def output_size(width: int, height: int, max_width: int | None) -> tuple[int, in
 
 def iter_frames(
     path: str | os.PathLike,
-    fps: float = FPS,
+    fps: float = ANALYSIS_FPS,
     max_width: int | None = MAX_WIDTH,
     want: Callable[[int], bool] | None = None,
 ) -> Iterator[tuple[int, np.ndarray | None]]:

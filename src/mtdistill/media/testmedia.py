@@ -15,6 +15,8 @@ import av
 import cv2
 import numpy as np
 
+from mtdistill.core.timing import ANALYSIS_FPS, SAMPLE_RATE
+
 FrameFn = Callable[[int], np.ndarray]
 
 
@@ -40,7 +42,7 @@ def draw_face(img: np.ndarray, cx: float, cy: float, size: float, mouth_open: fl
 
 
 def face_frame_fn(
-    width: int, height: int, fps: float = 25.0, n_faces: int = 1, face_frac: float = 0.55, move: bool = True
+    width: int, height: int, fps: float = ANALYSIS_FPS, n_faces: int = 1, face_frac: float = 0.55, move: bool = True
 ) -> FrameFn:
     """A function frame index -> RGB frame with `n_faces` faces side by side, moving slowly, mouth opening at
     ~4 Hz (syllable rate)."""
@@ -72,11 +74,11 @@ def tone(n_samples: int, sr: int, freq: float = 440.0, channels: int = 1, amp: f
 def write_video(
     path: str | os.PathLike,
     n_frames: int,
-    fps: float | Fraction = 25,
+    fps: float | Fraction = ANALYSIS_FPS,
     size: tuple[int, int] = (160, 120),
     frame_fn: FrameFn | None = None,
     audio: np.ndarray | None = None,
-    sr: int = 16000,
+    sr: int = SAMPLE_RATE,
     codec: str = "libx264",
     audio_codec: str = "aac",
     container_format: str | None = None,

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import ANALYSIS_FPS, WINDOW_FRAMES
 from mtdistill.media.crops import crop_mouth
 from mtdistill.media.detectors import FaceDetector, detect_near, get_detector, supports_regions
-from mtdistill.media.frames import FPS, MAX_WIDTH, iter_frames, output_size, probe
-
-MIN_FRAMES = 5  # one 5-frame model window
+from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
 
 
 @dataclass
@@ -226,9 +225,9 @@ def _worth_searching(live: list[_Live], min_relative_score: float, last_k: int) 
 def track_faces(
     path: str | os.PathLike,
     detector: str | FaceDetector = "haar",
-    fps: float = FPS,
+    fps: float = ANALYSIS_FPS,
     detect_every: int = 1,
-    min_track: int = MIN_FRAMES,
+    min_track: int = WINDOW_FRAMES,
     progress: bool = False,
     *,
     max_gap: int = 6,
@@ -290,9 +289,9 @@ def track_faces(
                 tracker.update(k, dets)
                 last_k = k
             bar.update(1)
-    if n < MIN_FRAMES:
+    if n < WINDOW_FRAMES:
         raise UserError(
-            f"{path}: only {n} frame(s) at {fps:g} fps ({n / fps:.2f} s); lip sync needs at least {MIN_FRAMES}"
+            f"{path}: only {n} frame(s) at {fps:g} fps ({n / fps:.2f} s); lip sync needs at least {WINDOW_FRAMES}"
         )
     min_obs = max(min_detections, math.ceil(min_track / detect_every))
     tracks = []
@@ -320,7 +319,7 @@ def track_faces(
 
 
 def iter_mouth_crops(
-    path: str | os.PathLike, tracks: list[FaceTrack], chunk: int = 250, fps: float = FPS
+    path: str | os.PathLike, tracks: list[FaceTrack], chunk: int = 250, fps: float = ANALYSIS_FPS
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """Yield (track_id, start_frame, crops uint8 (n, 48, 96, 3) RGB, valid (n,)) chunk by chunk.
 
@@ -367,7 +366,7 @@ def iter_mouth_crops(
 
 
 def mouth_crops(
-    path: str | os.PathLike, detector: str | FaceDetector = "haar", fps: float = FPS, **track_options: object
+    path: str | os.PathLike, detector: str | FaceDetector = "haar", fps: float = ANALYSIS_FPS, **track_options: object
 ) -> list[TrackCrops]:
     """Convenience for short clips: ``track_faces`` + ``iter_mouth_crops`` with every crop in memory."""
     tracks = track_faces(path, detector=detector, fps=fps, **track_options)  # type: ignore[arg-type]

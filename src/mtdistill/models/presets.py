@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.timing import WINDOW_FRAMES
 
 PRESETS = ("vocalist", "mtd")
-WINDOW = 5  # frames per model window
 
 
 def check_preset(preset: str | None) -> str:
@@ -45,7 +45,9 @@ def frames_to_input(frames: np.ndarray | Tensor, preset: str | None) -> Tensor:
     return x
 
 
-def windows_to_video(frames_chw: Tensor, starts: Tensor | list[int] | np.ndarray, window: int = WINDOW) -> Tensor:
+def windows_to_video(
+    frames_chw: Tensor, starts: Tensor | list[int] | np.ndarray, window: int = WINDOW_FRAMES
+) -> Tensor:
     """(N, 3, 48, 96) frames -> (W, 3*window, 48, 96) windows starting at ``starts``, channels frame-major."""
     starts_t = torch.as_tensor(np.asarray(starts), dtype=torch.long, device=frames_chw.device)
     idx = starts_t[:, None] + torch.arange(window, device=frames_chw.device)[None, :]

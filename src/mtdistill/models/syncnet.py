@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.core.safeio import safe_torch_load
+from mtdistill.core.timing import SAMPLE_RATE, SEARCH_RANGE
 
-VSHIFT = 15
 MFCC_RATE = 100  # MFCC frames per second (10 ms step): 4 per video frame at 25 fps
 MFCC_PER_WINDOW = 20  # 5 video frames = 20 MFCC frames
 FACE_SIZE = 224
@@ -83,7 +84,6 @@ class SyncNet(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise UserError(f"SyncNet checkpoint {path} not found; pass the syncnet_v2.model file with --checkpoint")
-        from mtdistill.safeio import safe_torch_load
 
         state = safe_torch_load(path)
         if not isinstance(state, dict):
@@ -127,7 +127,7 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(mel) / 2595.0) - 1.0)
 
 
-def mfcc_filterbank(n_filt: int = 26, n_fft: int = 512, sr: int = 16000) -> np.ndarray:
+def mfcc_filterbank(n_filt: int = 26, n_fft: int = 512, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Triangular filters on FFT bins floor((nfft+1) * hz / sr), 0 Hz .. sr/2 (python_speech_features)."""
     mels = np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2), n_filt + 2)
     bins = np.floor((n_fft + 1) * _mel_to_hz(mels) / sr).astype(int)
@@ -141,7 +141,7 @@ def mfcc_filterbank(n_filt: int = 26, n_fft: int = 512, sr: int = 16000) -> np.n
     return fbank
 
 
-def mfcc(wave_16k: np.ndarray, sr: int = 16000) -> np.ndarray:
+def mfcc(wave_16k: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
     """13 MFCCs at 100 Hz, shape (13, F), with the recipe syncnet_python feeds its net.
 
     25 ms rectangular frames every 10 ms (zero-padded tail), pre-emphasis 0.97, 512-point power spectrum / 512,
@@ -207,7 +207,7 @@ class LSEResult:
     curve: list[float]  # mean distance per candidate offset j (column j = audio shift vshift - j)
 
 
-def candidate_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = VSHIFT) -> torch.Tensor:
+def candidate_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = SEARCH_RANGE) -> torch.Tensor:
     """(N, 2*vshift+1) distances: row i, column j = ||v_i - a_{i - vshift + j}||, audio zero-padded.
 
     As syncnet_python's calc_pdist: the audio embeddings are padded with zero vectors, so edge candidates are
@@ -222,7 +222,7 @@ def candidate_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift
     return torch.stack(rows) if rows else torch.zeros(0, 2 * vshift + 1)
 
 
-def lse_metrics(distances: torch.Tensor | np.ndarray, vshift: int = VSHIFT) -> LSEResult:
+def lse_metrics(distances: torch.Tensor | np.ndarray, vshift: int = SEARCH_RANGE) -> LSEResult:
     """LSE-D = min_j mean_i d[i, j]; LSE-C = median_j(mean d) - LSE-D; offset = vshift - argmin_j.
 
     Median as torch.median (the lower of the two middle values for an even count; 31 is odd anyway).

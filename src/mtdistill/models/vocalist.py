@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtdistill.errors import UserError
+from mtdistill import __version__
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.core.safeio import atomic_path, safe_torch_load
 from mtdistill.models.presets import PRESETS
 from mtdistill.nn.crossmodal import CrossModalEncoder
-from mtdistill.quirks import Quirks
-from mtdistill.safeio import atomic_path, safe_torch_load
 
 FORMAT = "mtdistill-vocalist/1"
 BLOCKS = ("av", "va", "fusion")
@@ -209,8 +210,6 @@ class VocaLiST(nn.Module):
         """Write weights + config + preset + provenance as one safetensors file, atomically."""
         from safetensors.torch import save_file
 
-        from mtdistill import __version__
-
         meta = {
             "format": FORMAT,
             "config": asdict(self.config),
@@ -341,3 +340,8 @@ def infer_config(state: dict[str, Tensor], path: str | Path = "checkpoint") -> V
         f"{path}: weights fit neither the VocaLiST teacher (d_model 512) nor the MTDVocaLiST student "
         f"(d_model 200): found d_model {d_model}, conv widths {widths}"
     )
+
+
+def is_vocalist_family(model: nn.Module) -> bool:
+    """True when the model exposes encode_video / encode_audio / backend (docs/internal_api.md)."""
+    return all(callable(getattr(model, name, None)) for name in ("encode_video", "encode_audio", "backend"))

@@ -13,10 +13,7 @@ leaves either the previous complete file or the new complete file, never a trunc
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,65 +22,20 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-BEST = "best.ckpt"
-MODEL_LAST = "model_last.safetensors"
-MODEL_BEST = "model_best.safetensors"
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
-METRICS = "metrics.csv"
+from mtdistill.core.runs import BEST, CHECKPOINT_DIR, LAST, MODEL_BEST, MODEL_LAST, SUMMARY
+from mtdistill.core.safeio import atomic_copy, atomic_path, atomic_write_text
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
     return f"epoch={epoch:03d}.ckpt"
 
 
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _replace_durably(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as fh:  # the data must be on disk before the rename makes it visible
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
-    try:
-        tmp.write_text(text)
-        _replace_durably(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    dst = Path(dst)
-    tmp = _tmp_beside(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        _replace_durably(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, but written to a temporary file and renamed into place."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_beside(path)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
-            _replace_durably(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:

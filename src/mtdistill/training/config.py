@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtdistill.errors import UserError
-from mtdistill.quirks import Quirks
+from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
+from mtdistill.data.pairs import PairDataset
+from mtdistill.data.store import Store
 
 RANK_SEED_STRIDE = 1_000_003  # a prime, so rank streams never collide with small seed changes
 
@@ -37,8 +39,6 @@ class PairDataModule(pl.LightningDataModule):
 
     @staticmethod
     def split_size(store_path: str, split: str | None) -> int:
-        from mtdistill.data.store import Store
-
         try:
             store = Store.open(store_path)
         except FileNotFoundError:
@@ -52,8 +52,6 @@ class PairDataModule(pl.LightningDataModule):
         return self.trainer.world_size if self.trainer is not None else 1
 
     def _dataset(self, split: str, length: int | None, seed: int, fixed: bool) -> Dataset:
-        from mtdistill.data.pairs import PairDataset
-
         world = self._world()
         shard = world > 1 and not fixed  # a fixed set must be the same on every rank: the sampler shards it
         if world > 1 and length is None:

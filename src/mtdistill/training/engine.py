@@ -10,7 +10,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from mtdistill.training.checkpoints import METRICS, AtomicCheckpointIO, RunCheckpoints
+from mtdistill.core.runs import METRICS
+from mtdistill.training.checkpoints import AtomicCheckpointIO, RunCheckpoints
+from mtdistill.training.logs import RunCSVLogger
 
 # expected on CPU / small demo runs and noise for users
 _QUIET = (
@@ -58,8 +60,6 @@ def fit_run(
     ``trainer_kwargs`` add or override Trainer arguments (DDP strategy, gradient accumulation, ...).
     """
     from lightning.pytorch.loggers import TensorBoardLogger
-
-    from mtdistill.training.logs import RunCSVLogger
 
     t = cfg["trainer"]
     checkpoints = RunCheckpoints(

@@ -15,7 +15,7 @@ from typing import Any
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mtdistill.training.checkpoints import atomic_write_text
+from mtdistill.core.safeio import atomic_write_text
 
 FIRST_COLUMNS = ("epoch", "step", "lr")
 

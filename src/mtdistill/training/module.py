@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from mtdistill.evaluation.f1 import batch_weighted_f1, epoch_f1
+from mtdistill.metrics.f1 import batch_weighted_f1, epoch_f1
 from mtdistill.models.vocalist import SyncOutput, VocaLiST
 from mtdistill.training.checkpoints import ResumableStateMixin, reseed
 from mtdistill.training.schedule import EpochStepLR

@@ -14,26 +14,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mtdistill.errors import UserError
-from mtdistill.training.checkpoints import (
-    CHECKPOINT_DIR,
-    CONFIG,
-    LAST,
-    METRICS,
-    SUMMARY,
-    atomic_write_text,
-    read_checkpoint_step,
+from mtdistill.core.errors import UserError
+from mtdistill.core.runs import CHECKPOINT_DIR, CONFIG, LAST, METRICS, SUMMARY
+from mtdistill.core.safeio import atomic_write_text
+from mtdistill.distill import (
+    LOSSES,  # importing the package registers every built-in loss
+    build_loss,
 )
+from mtdistill.models.vocalist import STUDENT, TEACHER, TINY, VocaLiST, VocaLiSTConfig
+from mtdistill.training.checkpoints import read_checkpoint_step
 from mtdistill.training.config import dump_config, quirks_of
+from mtdistill.training.datamodule import PairDataModule
 from mtdistill.training.engine import fit_run
+from mtdistill.training.module import SyncLightningModule
 
 SIZES = ("teacher", "student", "tiny")
 
 
 def build_model(model_cfg: dict[str, Any], quirks: Any) -> Any:
     """The model to train: a preset size, or ``custom`` from ``model.config`` (VocaLiSTConfig fields)."""
-    from mtdistill.models.vocalist import STUDENT, TEACHER, TINY, VocaLiST, VocaLiSTConfig
-
     if model_cfg.get("init_checkpoint"):
         model = VocaLiST.from_checkpoint(model_cfg["init_checkpoint"], preset=model_cfg["preset"])
         return model.train()
@@ -54,8 +53,6 @@ def build_model(model_cfg: dict[str, Any], quirks: Any) -> Any:
 
 def build_teacher(cfg: dict[str, Any], quirks: Any) -> Any:
     """Frozen teacher from ``teacher.checkpoint`` (our file or an official one), or random of ``teacher.size``."""
-    from mtdistill.models.vocalist import VocaLiST
-
     t = cfg["teacher"]
     if t["checkpoint"]:
         path = Path(t["checkpoint"])
@@ -77,8 +74,6 @@ def build_teacher(cfg: dict[str, Any], quirks: Any) -> Any:
 
 def _loss_kwargs(name: str, kwargs: dict[str, Any], quirks: Any, student: Any, teacher: Any) -> dict[str, Any]:
     """Fill what the run knows and the recipe did not say: quirks and, for FitNets, the two widths."""
-    from mtdistill.distill import LOSSES  # importing the package registers every built-in loss
-
     cls = LOSSES.get(name)
     if cls is None:
         return kwargs
@@ -94,16 +89,12 @@ def _loss_kwargs(name: str, kwargs: dict[str, Any], quirks: Any, student: Any, t
 
 
 def _loss_needs_teacher(name: str) -> bool:
-    from mtdistill.distill import LOSSES, build_loss
-
     if name not in LOSSES:
         build_loss(name)  # raises the registry's one-line "unknown loss" error
     return bool(getattr(LOSSES[name], "needs_teacher", True))
 
 
 def build_losses(cfg: dict[str, Any], quirks: Any, student: Any, teacher: Any) -> tuple[Any, dict[str, Any]]:
-    from mtdistill.distill import build_loss
-
     spec = dict(cfg["loss"])
     name = spec.pop("name")
     loss = build_loss(name, **_loss_kwargs(name, spec, quirks, student, teacher))
@@ -175,9 +166,6 @@ def _quiet_lightning_tips() -> None:
 def run_recipe(cfg: dict[str, Any], *, expect_kind: str | None = None, resume: bool | str | None = None) -> dict:
     """Train or distill according to a validated recipe; return the run summary."""
     import lightning.pytorch as pl
-
-    from mtdistill.training.datamodule import PairDataModule
-    from mtdistill.training.module import SyncLightningModule
 
     if expect_kind is not None and cfg["kind"] != expect_kind:
         other = "distill" if expect_kind == "train" else "train"

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtdistill.errors import UserError
-from mtdistill.models.mult import (
+from mtdistill.core.errors import UserError
+from mtdistill.models.mult.format import save_model
+from mtdistill.models.mult.teacher import (
     MODALITIES,
     PE_POSITIONS,
     Capture,
@@ -32,7 +33,6 @@ from mtdistill.models.mult import (
     ResidualHead,
     capture_output,
     make_encoder,
-    save_model,
     wants,
 )
 from mtdistill.nn.crossmodal import EncoderCapture

@@ -13,8 +13,6 @@ Attention dropout follows the *source* modality (spec 1.1); memory encoders have
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.models.mult.format import save_model
 from mtdistill.nn.crossmodal import CrossModalEncoder, EncoderCapture
 
-FORMAT = "mtdistill-mult/1"
 MODALITIES = ("l", "a", "v")
 BRANCHES = {"l": ("la", "lv"), "a": ("al", "av"), "v": ("vl", "va")}
 CROSS_NAMES = ("la", "lv", "al", "av", "vl", "va")
@@ -327,59 +325,3 @@ def capture_output(
         out.hidden[name] = rec.hidden
     out.post_attention = LazyPostAttention(transformers, recs)
     return out
-
-
-def save_model(
-    model: nn.Module, kind: str, config: dict[str, Any], path: str | Path, extra: dict[str, Any] | None = None
-) -> Path:
-    """Weights + {"format", "kind", "config", "provenance"} as one safetensors file, written atomically."""
-    from safetensors.torch import save_file
-
-    from mtdistill import __version__
-    from mtdistill.safeio import atomic_path
-
-    meta = {
-        "format": FORMAT,
-        "kind": kind,
-        "config": config,
-        "provenance": {
-            "mtdistill": __version__,
-            "torch": torch.__version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **(extra or {}),
-        },
-    }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"mtdistill": json.dumps(meta)})
-    return path
-
-
-def load_mult_checkpoint(path: str | Path) -> nn.Module:
-    """Load a MulT teacher or a video-only student saved by ``save_checkpoint`` (strict, eval mode)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found; pass a run's model_best.safetensors")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("mtdistill")
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    meta = json.loads(raw) if raw else {}
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; is it a MulT/student checkpoint?")
-    if meta["kind"] == "mult":
-        model: nn.Module = MulT(config=MulTConfig(**meta["config"]))
-    else:
-        from mtdistill.models.mult_students import StudentConfig, VideoStudent
-
-        model = VideoStudent(StudentConfig(**meta["config"]))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
-    return model.eval()

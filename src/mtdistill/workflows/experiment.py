@@ -26,7 +26,11 @@ from typing import Any
 
 import yaml
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.evaluation.report import build_report
+from mtdistill.evaluation.store_eval import evaluate_to_folder
+from mtdistill.training.config import load_config
+from mtdistill.training.run import run_recipe
 
 CELL_KEYS = ("cells", "runs", "recipes", "grid")
 
@@ -98,8 +102,6 @@ def cell_state(run_dir: Path) -> str:
 
 def run_experiment(path: str | Path, *, dry_run: bool = False, device: str = "auto", report: bool = True) -> list[dict]:
     """Run every cell of a grid (skipping finished ones), evaluate, then write the report. Returns cell statuses."""
-    from mtdistill.training.config import load_config
-
     grid, cells = read_grid(path)
     ev = dict(grid.get("evaluate") or {})
     lengths = tuple(int(k) for k in ev.get("lengths", (5, 7, 9, 11, 13, 15)))
@@ -113,13 +115,10 @@ def run_experiment(path: str | Path, *, dry_run: bool = False, device: str = "au
         if dry_run or state == "done":
             continue
         if state == "todo":
-            from mtdistill.training.run import run_recipe
-
             print(f"experiment: training {cfg['name']} ({cell.recipe})", file=sys.stderr)
             run_recipe(cfg, resume=None)
         if cell_state(run_dir) == "todo":
             raise UserError(f"{run_dir}: training stopped before its last epoch; rerun the experiment to resume")
-        from mtdistill.commands.evaluate import evaluate_to_folder
 
         print(f"experiment: evaluating {cfg['name']}", file=sys.stderr)
         evaluate_to_folder(
@@ -129,8 +128,6 @@ def run_experiment(path: str | Path, *, dry_run: bool = False, device: str = "au
         )  # fmt: skip
         statuses[-1]["state"] = cell_state(run_dir)
     if report and not dry_run:
-        from mtdistill.evaluation.report import build_report
-
         out = Path(grid.get("report") or (run_dirs[0].parent / f"{grid['name']}_report"))
         result = build_report(run_dirs, out)
         for warning in result["warnings"]:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdistill.data.mosei import MULT_FILE
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.data.mult.mosei import MULT_FILE
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtdistill.distill.mult_objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
+from mtdistill.core.errors import UserError
+from mtdistill.distill.mult.objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
 from mtdistill.distill.registry import register
-from mtdistill.errors import UserError
 
 LEVELS = ("final", "penultimate", "post_attention", "attention")
 NEGATIVES = ("uniform", "class")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtdistill.core.errors import UserError
 from mtdistill.distill.registry import register
-from mtdistill.errors import UserError
 
 
 def logits_of(out: Any) -> Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import f1_score
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
 
 N_CLASSES = 7
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+from mtdistill.evaluation.mult.evaluate import evaluate_mult_run
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,6 @@ def _load(run: str | Path) -> dict[str, Any]:
     if not path.is_file():
         if not (run / "model_best.safetensors").is_file():
             raise UserError(f"{run} has neither eval/results.json nor model_best.safetensors; train it first")
-        from mtdistill.training.mult import evaluate_mult_run
-
         return evaluate_mult_run(run)
     return json.loads(path.read_text())
 

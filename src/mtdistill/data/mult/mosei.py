@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtdistill.errors import UserError
-from mtdistill.evaluation.mosei_metrics import sentiment_to_class7
+from mtdistill.core.errors import UserError
+from mtdistill.metrics.mult import sentiment_to_class7
 
 SPLITS = ("train", "valid", "test")
 MODALITIES = ("text", "audio", "vision")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +13,30 @@ from typing import Any
 
 import torch
 
-from mtdistill.errors import UserError
+from mtdistill.core.errors import UserError
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (thread-safe on Linux; os.umask round trip elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    A kill mid-write leaves the previous file intact (and at worst a stray ``.tmp`` file).
+    The data are flushed to disk before the rename, and the file gets the mode a plain ``open`` would give
+    (0666 less the umask, 0644 under the usual 022), not ``mkstemp``'s 0600. A kill mid-write leaves the previous
+    file intact (and at worst a stray hidden ``.tmp`` file beside it). Every file mtdistill writes goes through
+    this function.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,10 +44,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            with open(tmp, "rb+") as fh:  # the data must be on disk before the rename makes them visible
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (`atomic_path`); newlines are written as given."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        fh.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (`atomic_path`)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 class _Inert:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from mtdistill.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class Quirks:
@@ -57,8 +59,6 @@ class Quirks:
     def replace(self, **changes: object) -> Quirks:
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
-            from mtdistill.errors import UserError
-
             raise UserError(f"unknown quirk flag(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
         return Quirks(**{**self.__dict__, **changes})
 

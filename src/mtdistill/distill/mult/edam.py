@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtdistill.distill.mult_objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
+from mtdistill.core.errors import UserError
+from mtdistill.distill.mult.objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
 from mtdistill.distill.registry import register
-from mtdistill.errors import UserError
 
 DIRECTIONS = ("teacher_target", "paper_literal")
 HEAD_MODES = ("per_head", "mean")

@@ -1,0 +1,50 @@
+"""Loading MulT teacher and video-only student files (written by `format.save_model`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from mtdistill.core.errors import UserError
+from mtdistill.core.runs import MODEL_BEST
+from mtdistill.models.mult.format import FORMAT
+from mtdistill.models.mult.students import StudentConfig, VideoStudent
+from mtdistill.models.mult.teacher import MulT, MulTConfig
+
+
+def load_mult_checkpoint(path: str | Path) -> nn.Module:
+    """Load a MulT teacher or a video-only student saved by ``save_checkpoint`` (strict, eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass a run's model_best.safetensors")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("mtdistill")
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; is it a MulT/student checkpoint?")
+    if meta["kind"] == "mult":
+        model: nn.Module = MulT(config=MulTConfig(**meta["config"]))
+    else:
+        model = VideoStudent(StudentConfig(**meta["config"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit the stored config ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def resolve_model_file(run_or_file: str | Path) -> Path:
+    """A run folder (its model_best.safetensors) or a checkpoint file."""
+    p = Path(run_or_file)
+    if p.is_dir():
+        p = p / MODEL_BEST
+    if not p.is_file():
+        raise UserError(f"{p} not found; train that run first (mtdistill mult train CONFIG) or fix teacher.run")
+    return p
