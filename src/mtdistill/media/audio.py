@@ -108,7 +108,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- the recipe
 
 
-MEL_BASIS_FILE = Path(__file__).parent / "resources" / "mel_basis_slaney_16k_800_80_55_7600.npy"
+MEL_BASIS_FILE = Path(__file__).parents[1] / "resources" / "mel_basis_slaney_16k_800_80_55_7600.npy"
 
 
 def librosa_mel_basis() -> np.ndarray:
