@@ -193,7 +193,8 @@ def test_prepare_refuses_bad_out(clips, tmp_path, unwritable_dir, capsys):
     assert snapshot(folder) == before
 
 
-def test_prepare_full_disk_is_one_line_and_no_finished_index(tmp_path, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_prepare_full_disk_is_one_line_and_no_finished_index(tmp_path, capsys, workers):
     """A real 2 MB tmpfs as OUT: the store (~2.7 MB) does not fit; then it grows and the rerun resumes."""
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "size=2m"):
@@ -202,7 +203,7 @@ def test_prepare_full_disk_is_one_line_and_no_finished_index(tmp_path, capsys):
         src = tmp_path / "corpus"
         synth_corpus(src, n_speakers=2, n_utterances=3, seed=4, duration=(1.2, 1.2), progress=False)
         out = mnt / "store"
-        cmd = ["prepare", str(src), str(out), "--workers", "1", "--shard-size", "1", "--quiet"]
+        cmd = ["prepare", str(src), str(out), "--workers", workers, "--shard-size", "1", "--quiet"]
         assert main(cmd) == 2
         assert "no space left" in one_error_line(capsys)
         assert not (out / "index.json").exists()  # no index that looks finished
@@ -218,6 +219,19 @@ def test_prepare_full_disk_is_one_line_and_no_finished_index(tmp_path, capsys):
         assert index["complete"] and len(index["utterances"]) == 6
     finally:
         _umount(mnt)
+
+
+def test_synth_refuses_bad_out_and_workers(tmp_path, unwritable_dir, capsys):
+    user_file = tmp_path / "corpus"
+    user_file.write_bytes(b"a user's file\n")
+    assert main(["synth", str(user_file), "--n-speakers", "1", "--n-utterances", "1", "--quiet"]) == 2
+    assert "existing file" in one_error_line(capsys)
+    assert user_file.read_bytes() == b"a user's file\n"
+    assert main(["synth", str(unwritable_dir / "c"), "--n-speakers", "1", "--n-utterances", "1", "--quiet"]) == 2
+    assert "cannot write" in one_error_line(capsys)
+    assert main(["synth", str(tmp_path / "c"), "--workers", "0", "--quiet"]) == 2
+    assert "--workers" in one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
 
 
 # ------------------------------------------------------------------------------------------- no orphans

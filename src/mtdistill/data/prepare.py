@@ -178,7 +178,12 @@ def process_shard(job: ShardJob) -> dict:
     """Build one shard (tmp + rename), then its sidecar (tmp + rename). Returns the sidecar."""
     root = Path(job.out)
     name = st.shard_name(job.shard_id)
-    writer = st.ShardWriter(root / "shards" / f"{name}.h5", compression=job.compression)
+    try:
+        writer = st.ShardWriter(root / "shards" / f"{name}.h5", compression=job.compression)
+    except OSError as exc:
+        if _disk_full(exc):
+            raise _full_disk_error(root) from None
+        raise
     skipped: list[dict] = []
     try:
         for i, item in enumerate(job.items):
