@@ -4,9 +4,10 @@ Rows are appended as videos finish, so an interrupted run keeps its work; a reru
 the CSV (also those that failed: delete their rows to retry). A file that cannot be scored gives one row with the
 ``error`` column set, and the batch goes on. Aggregates over the whole CSV go to ``<csv stem>.json`` beside it.
 
-Everything that does not depend on a file is checked before the first row is written (`check_run`): the CSV
-path (a folder, unwritable, one of the videos, or an existing file that is not a score CSV is refused and left
-untouched), the values (--workers, --stride, ...), the model and the face detector (loaded once in the driver).
+Everything that does not depend on a file is checked before the first row is written (`check_csv`,
+`check_spec`): the CSV path (a folder, unwritable, one of the videos, or an existing file that is not a score
+CSV is refused and left untouched), the values (--workers, --stride, ...), the model and the face detector
+(loaded once in the driver).
 So an error row is always about its file, never about the options, and a corrected rerun is never stuck
 skipping rows that failed for a reason that has nothing to do with them. Workers die with the driver
 (`mtdistill.core.processes`).
