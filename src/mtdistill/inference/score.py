@@ -285,7 +285,7 @@ def check_spec(spec: ModelSpec, workers: int = 1) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - a user-named class can fail in any way
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         raise UserError(
-            f"--detector {spec.detector!r} cannot be used ({reason}); use haar, mtcnn or module:Class"
+            f"--detector {spec.detector!r} cannot be used ({reason}); use haar, mtcnn or package.module:Class"
         ) from None
     return model
 
