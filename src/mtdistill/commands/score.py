@@ -9,8 +9,13 @@ HELP = "sync-score every video under DIR into a CSV (one row per face track; par
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder with videos (searched recursively)")
-    parser.add_argument("--csv", required=True, help="output CSV; rows already in it are skipped (resume)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    parser.add_argument(
+        "--csv",
+        required=True,
+        help="output CSV: a new file, or the CSV of an earlier score run, whose videos are skipped (resume); "
+        "any other existing file is refused and left untouched",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes, >= 1 (default 1)")
     from mtdistill.commands.sync import add_model_arguments
 
     add_model_arguments(parser)

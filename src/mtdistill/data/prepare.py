@@ -4,21 +4,33 @@ Work is split into shards (a few dozen utterances each, one split per shard). Wo
 whole shard into a temporary HDF5 file, rename it into place, then write the shard's sidecar JSON (also
 tmp + rename). A shard is finished exactly when its sidecar exists, so after a crash or SIGKILL a rerun
 removes half-written files, skips every input that a sidecar already lists (stored or skipped) and
-does the rest: nothing is lost and nothing is stored twice. index.json is rebuilt from the sidecars.
+does the rest: nothing is lost and nothing is stored twice. index.json is rebuilt from the sidecars and written
+only when the run is complete (a run with work to do removes the old one first), so an index.json always
+describes a finished store; OUT/prepare.json holds the settings a resume must match.
+
+OUT is checked before any work (an existing file, or a place that cannot be written, is refused with one line);
+a full disk stops the run with one line, keeping the finished shards for a rerun. Workers die with the driver
+(`mtdistill.core.processes`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
+import json
 import math
 import multiprocessing as mp
 import os
 import queue
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.processes import worker_pool
+from mtdistill.core.safeio import atomic_write_text
 from mtdistill.core.timing import SAMPLE_RATE
 from mtdistill.data import store as st
 from mtdistill.data.layouts import Discovery, SourceItem, discover, read_ground_truth
@@ -38,6 +52,7 @@ from mtdistill.media.detectors import get_detector
 from mtdistill.media.frames import probe
 from mtdistill.media.tracking import FaceTrack, iter_mouth_crops, track_faces
 
+SETTINGS = "prepare.json"  # OUT/prepare.json: src, layout, detector of the store (a resume with others is refused)
 MIN_FRAMES = 5  # one model window; the pair sampler applies the official > 25 rule itself
 WAV2LIP_FACE = 96  # Wav2Lip crops are resized to 96x96 and the lower half (rows 48:96) is kept
 
@@ -163,7 +178,12 @@ def process_shard(job: ShardJob) -> dict:
     """Build one shard (tmp + rename), then its sidecar (tmp + rename). Returns the sidecar."""
     root = Path(job.out)
     name = st.shard_name(job.shard_id)
-    writer = st.ShardWriter(root / "shards" / f"{name}.h5", compression=job.compression)
+    try:
+        writer = st.ShardWriter(root / "shards" / f"{name}.h5", compression=job.compression)
+    except OSError as exc:
+        if _disk_full(exc):
+            raise _full_disk_error(root) from None
+        raise
     skipped: list[dict] = []
     try:
         for i, item in enumerate(job.items):
@@ -182,6 +202,8 @@ def process_shard(job: ShardJob) -> dict:
             except UserError as exc:
                 skipped.append({"uid": item.uid, "split": item.split, "source": rel, "reason": _one_line(exc)})
             except Exception as exc:  # a broken input must not stop a multi-hour run; it is reported instead
+                if _disk_full(exc):
+                    raise  # the output's fault, not the input's: stop (the shard is aborted below)
                 skipped.append(
                     {
                         "uid": item.uid,
@@ -198,8 +220,11 @@ def process_shard(job: ShardJob) -> dict:
         else:
             writer.abort()
             sha, file = None, None
-    except BaseException:
-        writer.abort()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # closing a file on a full disk fails too; the tmp file goes anyway
+            writer.abort()
+        if _disk_full(exc):
+            raise _full_disk_error(root) from None
         raise
     side = {
         "id": job.shard_id,
@@ -209,10 +234,38 @@ def process_shard(job: ShardJob) -> dict:
         "utterances": writer.entries,
         "skipped": skipped,
     }
-    import json
-
-    st.atomic_write_text(root / "shards" / f"{name}.json", json.dumps(side) + "\n")
+    _write_text(root, root / "shards" / f"{name}.json", json.dumps(side) + "\n")
     return side
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True for a full disk or quota (h5py reports it as an OSError without errno, 'errno = 28' in the text)."""
+    if not isinstance(exc, OSError):
+        return False
+    text = str(exc)
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or f"errno = {errno.ENOSPC}," in text
+
+
+def _full_disk_error(root: Path) -> UserError:
+    return UserError(
+        f"no space left on the disk of {root}; free some space (or choose another OUT) and rerun the same command "
+        "to resume: finished shards are kept, and index.json is written only when the store is complete"
+    )
+
+
+def _write_text(root: Path, path: Path, text: str) -> None:
+    """atomic_write_text; a full disk is one clear error."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        if _disk_full(exc):
+            raise _full_disk_error(root) from None
+        raise
+
+
+def write_index(root: Path, index: dict) -> None:
+    """OUT/index.json (the store's format, `mtdistill.data.store`), atomically."""
+    _write_text(root, root / "index.json", json.dumps(index, indent=0, sort_keys=False) + "\n")
 
 
 def _one_line(exc: object) -> str:
@@ -239,6 +292,9 @@ def _cleanup(root: Path) -> int:
     shards.mkdir(parents=True, exist_ok=True)
     for p in shards.iterdir():
         if p.name.startswith("."):
+            p.unlink()
+    for name in ("index.json", "skipped.csv", SETTINGS):  # temporary files of atomic writes (`atomic_path`)
+        for p in root.glob(f".{name}.*.tmp"):
             p.unlink()
     ids = [-1]
     for p in shards.glob("shard-*.h5"):
@@ -279,16 +335,21 @@ def prepare(
     """Run (or resume) a prepare; returns a summary dict (stored, skipped, reasons, shards, seconds)."""
     t0 = time.time()
     src_p, root = Path(src).resolve(), Path(out)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     disc: Discovery = discover(src_p, split_lists, split, layout)
-    root.mkdir(parents=True, exist_ok=True)
+    check_out(root)
     extra = {"src": str(src_p), "layout": disc.layout, "detector": detector}
     _check_same_source(root, extra)
+    _write_text(root, root / SETTINGS, json.dumps(extra, indent=1) + "\n")
     next_id = _cleanup(root)
     done = set()
     for side in st.read_sidecars(root):
         done.update(e["uid"] for e in side["utterances"])
         done.update(s["uid"] for s in side.get("skipped", []))
     todo = [it for it in disc.items if it.uid not in done]
+    if todo:  # the store changes: no index.json until it is complete again (readers fall back to the sidecars)
+        (root / "index.json").unlink(missing_ok=True)
     offsets = {uid: int(row["offset_frames"]) for uid, row in read_ground_truth(src_p).items()}
     groups = plan_shards(todo, shard_size, workers, next_id)
     jobs = [
@@ -312,38 +373,39 @@ def prepare(
         disable=not progress,
         file=sys.stderr,
     )
-    st.write_index(root, st.build_index(root, {**extra, "complete": False}))
-    last_index = time.time()
     if workers <= 1:
         _init_worker(None)
         for job in jobs:
             process_shard(job)
             bar.update(len(job.items))
-            if time.time() - last_index > 2.0:
-                st.write_index(root, st.build_index(root, {**extra, "complete": False}))
-                last_index = time.time()
     else:
         # fork where it exists: workers start at once with the parent's imports (the parent opens no HDF5
         # file and runs no OpenCV / torch work before this point, so there is no state to corrupt)
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         ticks: mp.Queue = ctx.Queue()
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(ticks,)) as pool:
+        with worker_pool(workers, context=ctx, initializer=_init_worker, initargs=(ticks,)) as pool:
             pending: set[Future] = {pool.submit(process_shard, job) for job in jobs}
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(ticks, bar)
-                for fut in finished:
-                    fut.result()  # re-raise unexpected worker failures (inputs' own errors are skipped)
-                if finished and time.time() - last_index > 2.0:
-                    st.write_index(root, st.build_index(root, {**extra, "complete": False}))
-                    last_index = time.time()
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    _drain(ticks, bar)
+                    for fut in finished:
+                        fut.result()  # re-raise unexpected worker failures (inputs' own errors are skipped)
+            except BrokenProcessPool:
+                raise UserError(
+                    "a prepare worker process died (out of memory, or killed); finished shards are kept: rerun "
+                    "the same command to resume, with fewer --workers if memory is short"
+                ) from None
+            finally:
+                for fut in pending:  # on an error, do not start the remaining shards
+                    fut.cancel()
             _drain(ticks, bar)
     bar.close()
     index = st.build_index(root, {**extra, "complete": True})
     missing = [{"uid": u, "split": s, "source": "", "reason": r} for u, s, r in disc.missing]
     index["skipped"] = index["skipped"] + missing
-    st.write_index(root, index)
     write_skipped_csv(root, index["skipped"])
+    write_index(root, index)  # last: index.json exists only for a complete store
     return {
         "out": str(root),
         "layout": disc.layout,
@@ -369,15 +431,38 @@ def _drain(ticks: mp.Queue, bar: tqdm) -> None:
         bar.update(n)
 
 
-def _check_same_source(root: Path, extra: dict) -> None:
+def check_out(root: Path) -> None:
+    """Refuse an OUT that is a file, that cannot be written, or that holds an index.json of something else."""
+    fix = "give a new folder, or the store of an earlier `prepare` to resume it"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"OUT {root} is an existing file, not a folder; {fix}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        if _disk_full(exc):
+            raise _full_disk_error(root) from None
+        raise UserError(f"cannot write the store in {root} ({exc.strerror or exc}); {fix}") from None
     index_path = root / "index.json"
+    if index_path.exists() and not (root / "shards").is_dir():
+        try:
+            ours = json.loads(index_path.read_text()).get("format") == st.FORMAT
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{index_path} exists and is not the index of a store, so it was left untouched; {fix}")
+
+
+def _check_same_source(root: Path, extra: dict) -> None:
+    index_path = root / SETTINGS
+    if not index_path.exists():
+        index_path = root / "index.json"  # stores made before prepare.json
     if not index_path.exists():
         return
-    import json
-
     try:
         old = json.loads(index_path.read_text())
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return  # rebuilt from the sidecars below
     for key in ("src", "layout", "detector"):
         if key in old and old[key] != extra[key]:
@@ -396,13 +481,12 @@ def _reason_class(reason: str) -> str:
 
 
 def write_skipped_csv(root: Path, skipped: Sequence[dict]) -> None:
-    tmp = root / ".skipped.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["uid", "split", "source", "reason"])
-        w.writeheader()
-        for row in skipped:
-            w.writerow({k: row.get(k, "") for k in ("uid", "split", "source", "reason")})
-    os.replace(tmp, root / "skipped.csv")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["uid", "split", "source", "reason"])
+    w.writeheader()
+    for row in skipped:
+        w.writerow({k: row.get(k, "") for k in ("uid", "split", "source", "reason")})
+    _write_text(root, root / "skipped.csv", buf.getvalue())
 
 
 def summary_table(summary: dict) -> str:

@@ -9,10 +9,9 @@ n / sr + k / fps. The sync estimate (video index - best audio window index) of s
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.processes import worker_pool
+from mtdistill.core.safeio import atomic_path, atomic_write_text
 from mtdistill.core.timing import ANALYSIS_FPS, SAMPLE_RATE
 from mtdistill.data import render, speech
 from mtdistill.data.layouts import read_ground_truth  # noqa: F401  (re-exported for users of synthetic)
@@ -143,42 +144,34 @@ def write_mp4(
     sr: int = SAMPLE_RATE,
     crf: int = 18,
 ) -> None:
-    """Write RGB frames (H.264, yuv420p) and mono float audio (AAC) to an .mp4, atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.mp4")
+    """Write RGB frames (H.264, yuv420p) and mono float audio (AAC) to an .mp4, atomically (`atomic_path`)."""
     h, w = frames.shape[1:3]
     if h % 2 or w % 2:
         raise UserError(f"frame size {w}x{h} must be even for H.264 yuv420p; choose an even width and height")
-    try:
-        with av.open(str(tmp), "w", format="mp4") as out:
-            vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-            vs.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-            vs.thread_count = 1  # one encoder thread: cheap at this size, and no thread-dependent decisions
-            aus = None
-            if audio is not None:
-                aus = out.add_stream("aac", rate=sr, layout="mono")
-                aus.bit_rate = 96000
-            for i, img in enumerate(frames):
-                # rgb -> yuv420p by swscale (BT.601, limited range), the format every player expects
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
-                frame.pts = i
-                out.mux(vs.encode(frame))
-            out.mux(vs.encode(None))
-            if aus is not None:
-                chunk = 1024
-                pcm = np.asarray(audio, np.float32)
-                for start in range(0, pcm.shape[0], chunk):
-                    af = av.AudioFrame.from_ndarray(pcm[None, start : start + chunk], format="fltp", layout="mono")
-                    af.sample_rate = sr
-                    af.pts = start
-                    out.mux(aus.encode(af))
-                out.mux(aus.encode(None))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        vs.thread_count = 1  # one encoder thread: cheap at this size, and no thread-dependent decisions
+        aus = None
+        if audio is not None:
+            aus = out.add_stream("aac", rate=sr, layout="mono")
+            aus.bit_rate = 96000
+        for i, img in enumerate(frames):
+            # rgb -> yuv420p by swscale (BT.601, limited range), the format every player expects
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        if aus is not None:
+            chunk = 1024
+            pcm = np.asarray(audio, np.float32)
+            for start in range(0, pcm.shape[0], chunk):
+                af = av.AudioFrame.from_ndarray(pcm[None, start : start + chunk], format="fltp", layout="mono")
+                af.sample_rate = sr
+                af.pts = start
+                out.mux(aus.encode(af))
+            out.mux(aus.encode(None))
 
 
 def make_talking_video(
@@ -347,7 +340,7 @@ def synth_corpus(
             _render_one(job)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with worker_pool(workers) as pool:  # the workers die with this process (core.processes)
             for _ in pool.map(_render_one, jobs, chunksize=1):
                 bar.update()
     bar.close()
@@ -361,7 +354,7 @@ def write_filelists(out: Path, plans: Sequence[UttPlan]) -> None:
     (out / "filelists").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         lines = [p.uid + (" NF" if split == "test" else "") for p in plans if p.split == split]
-        _atomic_text(out / "filelists" / f"{split}.txt", "".join(line + "\n" for line in lines))
+        atomic_write_text(out / "filelists" / f"{split}.txt", "".join(line + "\n" for line in lines))
 
 
 def write_ground_truth(out: Path, plans: Sequence[UttPlan], fps: float, size: tuple[int, int], seed: int) -> None:
@@ -378,13 +371,11 @@ def write_ground_truth(out: Path, plans: Sequence[UttPlan], fps: float, size: tu
         }
         for p in plans
     ]
-    fields = list(rows[0])
-    tmp = out / ".ground_truth.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "ground_truth.csv")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "ground_truth.csv", buf.getvalue())
     meta = {
         "format": "mtdistill-synth/1",
         "seed": seed,
@@ -394,10 +385,4 @@ def write_ground_truth(out: Path, plans: Sequence[UttPlan], fps: float, size: tu
         "sign_convention": "offset_frames > 0: the audio leads the video (sound k frames before the lips)",
         "utterances": rows,
     }
-    _atomic_text(out / "ground_truth.json", json.dumps(meta, indent=1) + "\n")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(out / "ground_truth.json", json.dumps(meta, indent=1) + "\n")

@@ -3,23 +3,41 @@
 Rows are appended as videos finish, so an interrupted run keeps its work; a rerun skips every video already in
 the CSV (also those that failed: delete their rows to retry). A file that cannot be scored gives one row with the
 ``error`` column set, and the batch goes on. Aggregates over the whole CSV go to ``<csv stem>.json`` beside it.
+
+Everything that does not depend on a file is checked before the first row is written (`check_csv`,
+`check_spec`): the CSV path (a folder, unwritable, one of the videos, or an existing file that is not a score
+CSV is refused and left untouched), the values (--workers, --stride, ...), the model and the face detector
+(loaded once in the driver).
+So an error row is always about its file, never about the options, and a corrected rerun is never stuck
+skipping rows that failed for a reason that has nothing to do with them. Workers die with the driver
+(`mtdistill.core.processes`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import tempfile
+from collections.abc import Iterable, Sequence
+from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.processes import worker_pool
+from mtdistill.core.safeio import atomic_write_text
 from mtdistill.core.timing import SEARCH_RANGE
 from mtdistill.inference.sync import load_model, sync_video
+from mtdistill.media.detectors import get_detector
+from mtdistill.models.presets import check_preset
+from mtdistill.models.syncnet import SyncNet
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 COLUMNS = (
@@ -126,12 +144,15 @@ def _score_one(video: str) -> list[dict]:
     ]
 
 
+HEADER = ",".join(COLUMNS)  # the first line of every score CSV
+
+
 def _append(csv_path: Path, rows: Iterable[dict]) -> None:
-    new = not csv_path.is_file() or csv_path.stat().st_size == 0
+    """Append rows; the header of a new CSV is written atomically first (appends are the resume design)."""
+    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+        atomic_write_text(csv_path, HEADER + "\r\n")  # csv.writer's own line ending
     with open(csv_path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
         for row in rows:
             writer.writerow({c: row.get(c, "") for c in COLUMNS})
         fh.flush()
@@ -173,40 +194,156 @@ def summary_path(csv_path: str | os.PathLike) -> Path:
     return Path(csv_path).with_suffix(".json")
 
 
+# ------------------------------------------------------------------------------------------- checks
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return fh.readline(4096).decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write {what} in {folder} ({exc.strerror or exc}); choose a writable place") from None
+
+
+def check_csv(csv_path: str | os.PathLike, videos: Sequence[Path] = ()) -> Path:
+    """Refuse a --csv that cannot be (or must not be) written, before anything is written; returns its Path.
+
+    Refused: a folder; a place that cannot be written; one of the input ``videos``; an existing file that is not a
+    score CSV (its first line is not the score header; an empty file is accepted); a summary path (``.json``
+    beside it) that is a folder or an existing file other than a score summary.
+    """
+    path = Path(csv_path)
+    fix = "give --csv a new file name, or the CSV of an earlier `score` run to resume it"
+    if path.is_dir():
+        raise UserError(f"--csv {path} is a folder; {fix}")
+    if path.suffix.lower() == ".json" or path.suffix.lower() in VIDEO_EXTENSIONS:
+        raise UserError(f"--csv {path} ends in {path.suffix}; {fix} (e.g. scores.csv)")
+    resolved = path.resolve()
+    if any(resolved == v.resolve() for v in videos):
+        raise UserError(f"--csv {path} is one of the videos to score; {fix}")
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"--csv {path} is not a regular file; {fix}")
+        try:
+            first = _first_line(path) if path.stat().st_size else HEADER
+            with open(path, "ab"):  # opening for append neither creates (it exists) nor changes the file
+                pass
+        except OSError as exc:
+            raise UserError(f"cannot write --csv {path} ({exc.strerror or exc}); {fix}") from None
+        if first != HEADER:
+            raise UserError(
+                f"--csv {path} exists and is not a score CSV (its first line is not the score header), "
+                f"so it was left untouched; {fix}"
+            )
+    _probe_writable(path.parent, "the --csv file")
+    summary = summary_path(path)
+    if summary.is_dir():
+        raise UserError(f"the aggregates go to {summary}, which is a folder; {fix}")
+    if summary.exists() and not _is_summary(summary):
+        raise UserError(f"the aggregates go to {summary}, an existing file that is not a score summary; {fix}")
+    return path
+
+
+def _is_summary(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "csv" in data and "pct_in_sync" in data
+
+
+def check_spec(spec: ModelSpec, workers: int = 1) -> nn.Module:
+    """Refuse bad option values, load the model and the detector once: errors here are the options' fault.
+
+    Returns the loaded model (the driver scores with it when ``workers == 1``).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be a whole number >= 1, got {workers}")
+    if spec.stride < 1:
+        raise UserError(f"--stride must be >= 1, got {spec.stride}")
+    if not 1 <= spec.vshift <= 50:
+        raise UserError(f"--vshift must be between 1 and 50 frames, got {spec.vshift}")
+    if spec.min_confidence is not None and not math.isfinite(spec.min_confidence):
+        raise UserError(f"--min-confidence must be a finite number, got {spec.min_confidence}")
+    if spec.detect_every is not None and spec.detect_every < 1:
+        raise UserError(f"--detect-every must be >= 1, got {spec.detect_every}")
+    if spec.rescan_every < 0:
+        raise UserError(f"--rescan-every must be >= 0, got {spec.rescan_every}")
+    model = load_model(spec.checkpoint, spec.preset, spec.onnx, spec.kind)
+    if not isinstance(model, SyncNet):
+        check_preset(spec.preset or getattr(model, "preset", None))
+    try:
+        get_detector(spec.detector)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user-named class can fail in any way
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise UserError(
+            f"--detector {spec.detector!r} cannot be used ({reason}); use haar, mtcnn or package.module:Class"
+        ) from None
+    return model
+
+
+def _repair_tail(csv_path: Path) -> None:
+    """Drop a half-written last row (a run killed in the middle of an append), so that appends stay rows."""
+    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+        return
+    with open(csv_path, "rb+") as fh:
+        fh.seek(-1, io.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
 def score_folder(
     folder: str | os.PathLike, csv_path: str | os.PathLike, spec: ModelSpec, workers: int = 1, progress: bool = True
 ) -> dict:
     """Score every not-yet-scored video under ``folder`` into ``csv_path``; returns the aggregates."""
     from tqdm import tqdm
 
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     videos = find_videos(folder)
     if not videos:
         raise UserError(f"no video files ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) under {folder}")
+    csv_path = check_csv(csv_path, videos)
+    # options, model and detector are checked in the driver: a bad option is one clear error, never rows
+    model = check_spec(spec, workers)
+    _repair_tail(csv_path)
     done = done_videos(csv_path)
     todo = [str(v) for v in videos if str(v) not in done]
-    workers = max(1, int(workers))
-    # load the model in the parent first: a bad checkpoint is one clear error, not one per video
-    _init_worker(spec, None if workers == 1 else 1)
+    _WORKER.update(model=model, spec=spec)  # the driver scores itself when workers == 1
     with tqdm(total=len(todo), desc="score", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1:
             for v in todo:
                 _append(csv_path, _score_one(v))
                 bar.update(1)
         else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")  # torch and fork do not mix well
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, 1)) as pool:
+            # spawn: torch and fork do not mix well; the workers die with this process (core.processes)
+            with worker_pool(workers, context="spawn", initializer=_init_worker, initargs=(spec, 1)) as pool:
                 futures = [pool.submit(_score_one, v) for v in todo]
-                for fut in as_completed(futures):
-                    _append(csv_path, fut.result())
-                    bar.update(1)
+                try:
+                    for fut in as_completed(futures):
+                        _append(csv_path, fut.result())
+                        bar.update(1)
+                except BrokenProcessPool:
+                    raise UserError(
+                        "a score worker process died (out of memory, or killed); the rows so far are kept in "
+                        f"{csv_path}: rerun the same command to resume, with fewer --workers if memory is short"
+                    ) from None
+                finally:
+                    for fut in futures:
+                        fut.cancel()
     if not csv_path.is_file():
         raise UserError(f"nothing was scored into {csv_path}")
     summary = aggregate(csv_path)
-    summary_path(csv_path).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(summary_path(csv_path), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
