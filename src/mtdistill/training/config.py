@@ -255,7 +255,7 @@ def read_recipe_text(path: Path) -> str:
         ) from None
     if b"\x00" in raw:
         raise UserError(
-            f"config {path}: is a binary file, not a YAML recipe; pass a text recipe such as configs/bce.yaml"
+            f"config {path}: is a binary file, not a YAML recipe; pass a text recipe (configs/*.yaml)"
         )
     try:
         return raw.decode("utf-8")
