@@ -254,9 +254,7 @@ def read_recipe_text(path: Path) -> str:
             f"config {path}: cannot be read ({exc.strerror or exc}); check the path and permissions"
         ) from None
     if b"\x00" in raw:
-        raise UserError(
-            f"config {path}: is a binary file, not a YAML recipe; pass a text recipe (configs/*.yaml)"
-        )
+        raise UserError(f"config {path}: is a binary file, not a YAML recipe; pass a text recipe (configs/*.yaml)")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
