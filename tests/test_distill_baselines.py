@@ -63,7 +63,9 @@ def test_kd_loss_module_follows_the_quirk_flag() -> None:
     labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
     released = build_loss("kd")
     clean = build_loss("kd", quirks=Quirks(kd_softmax_over_batch=False))
-    assert released.over_batch and not clean.over_batch and not build_loss("kd", over_batch=False).over_batch
+    assert released.over_batch and not clean.over_batch
+    with pytest.raises(UserError, match="over_batch"):  # the quirk flag is the one switch
+        build_loss("kd", over_batch=False)
     total = released(student, teacher, labels)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(student.logits, labels)
     assert total.item() == pytest.approx((bce + kd_over_batch(student.logits, teacher.logits)).item(), rel=1e-6)
@@ -170,8 +172,8 @@ def test_fitnets_released_direction_shapes_value_and_grad() -> None:
 def test_fitnets_classic_direction_and_embeddings() -> None:
     student, teacher = hidden_out(2, 8, seed=10), hidden_out(2, 12, seed=11)
     labels = torch.tensor([1.0, 0.0])
-    classic = build_loss("fitnets", teacher_dim=12, student_dim=8, direction="student_to_teacher")
-    assert classic.regressor.weight.shape == (12, 8)
+    classic = build_loss("fitnets", teacher_dim=12, student_dim=8, quirks=Quirks(fitnets_teacher_to_student=False))
+    assert classic.regressor.weight.shape == (12, 8) and classic.direction == "student_to_teacher"
     classic(student, teacher, labels)
     cross = build_loss("fitnets", teacher_dim=12, student_dim=8, emb="cross")
     cross(student, teacher, labels)
@@ -186,5 +188,5 @@ def test_fitnets_classic_direction_and_embeddings() -> None:
         build_loss("fitnets", student_dim=8)(student, teacher, labels)
     with pytest.raises(UserError):
         build_loss("fitnets", emb="middle")
-    with pytest.raises(UserError):
-        build_loss("fitnets", direction="sideways")
+    with pytest.raises(UserError, match="direction"):  # the direction is quirks.fitnets_teacher_to_student
+        build_loss("fitnets", direction="student_to_teacher")

@@ -404,7 +404,7 @@ def test_registry_names_and_errors() -> None:
 
 
 def test_register_decorator_adds_a_loss() -> None:
-    @register("test-only-double-bce")
+    @register("test-only-double-bce", family="vocalist")
     class DoubleBCE(torch.nn.Module):
         needs_teacher = False
 
@@ -421,6 +421,6 @@ def test_register_decorator_adds_a_loss() -> None:
         with pytest.raises(UserError, match="factor"):
             build_loss("test-only-double-bce", scale=1.0)
         with pytest.raises(ValueError, match="already registered"):
-            register("test-only-double-bce")(type("Other", (torch.nn.Module,), {}))
+            register("test-only-double-bce", family="vocalist")(type("Other", (torch.nn.Module,), {}))
     finally:
         LOSSES.pop("test-only-double-bce", None)

@@ -28,7 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fixed-edges",
         action="store_true",
-        help="mask zero-padded candidates on both sides (not the official if/elif)",
+        help="mask zero-padded candidates on both sides (not the official if/elif); = --quirk eval_ifelif_edges=false",
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="turn every quirk of the official code off (Quirks.clean()) instead of using the run's quirks",
+    )
+    parser.add_argument(
+        "--quirk",
+        dest="quirks",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one quirk flag after the run's (or --clean) ones, e.g. --quirk eval_exclude_last_window=false "
+        "(repeatable; flags: docs/evaluation.md)",
     )
     parser.add_argument("--max-utterances", type=int, help="evaluate only the first N utterances of the split")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -39,12 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtdistill.core.quirks import parse_assignment
     from mtdistill.evaluation.store_eval import evaluate_to_folder
 
+    changes = dict(parse_assignment(text) for text in args.quirks)
     results = evaluate_to_folder(
         args.checkpoint, args.data, split=args.split, preset=args.preset, lengths=parse_lengths(args.lengths),
         official_edges=not args.fixed_edges, max_utterances=args.max_utterances, device=args.device,
         out=args.out, plain=args.plain, val_f1=not args.no_val_f1, val_pairs=args.val_pairs,
+        clean=args.clean, quirk_changes=changes,
     )  # fmt: skip
     accs = "  ".join(f"K{k}={v:.2f}%" for k, v in results["accuracy"].items())
     print(f"{results['model']}: {accs}  ({results['n_utterances']} utterances, {results['n_skipped']} skipped) "

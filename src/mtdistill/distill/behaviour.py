@@ -4,9 +4,11 @@ Everything here works on captured tensors, never on models: ``attention_logits``
 pre-softmax logits, already scaled by each model's own head_dim**-0.5 and holding -inf at masked entries;
 ``values`` (B, H, Tk, head_dim) are V after the in-projection. Teacher head h is matched to student head h.
 
-The released MTD code (spec 2.3) computes the student's log-probabilities as ``softmax(x).log()``, reduces
+The released MTD code computes the student's log-probabilities as ``softmax(x).log()``, reduces
 ``nn.KLDivLoss`` with 'mean' (over all B*H*Tq*Tk elements) and clamps the VA CAD logits at 1e-5 before the
-softmax. Those are the defaults (via ``mtdistill.quirks.Quirks``); ``masked=True`` gives the clean variant.
+softmax. Those are the defaults (``Quirks.kl_log_of_softmax``, ``kl_reduction``, ``va_cad_clamp`` of
+``mtdistill.core.quirks``); ``log_of_softmax=False`` takes ``log_softmax`` instead and ``masked=True`` gives the
+clean VA variant.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import FAITHFUL, KL_REDUCTIONS
 
 VA_CLAMP_MIN = 1e-5
 """The released code clamps VA attention logits (teacher and student) at this minimum (spec 2.3)."""
-
-KL_REDUCTIONS = ("mean", "batchmean")
 
 
 class CapturedBehaviour(Protocol):
@@ -48,11 +49,15 @@ def cross_attention_distribution(logits: Tensor, tau: float = 1.0, clamp_min: fl
     return torch.softmax(logits.float() / tau, dim=-1)
 
 
+def value_relation_logits(values: Tensor) -> Tensor:
+    """Eq. 1, the VR logits V V^T / sqrt(d_v) (float32); d_v is the model's own head_dim."""
+    values = values.float()
+    return values @ values.transpose(-1, -2) / math.sqrt(values.shape[-1])
+
+
 def value_relation(values: Tensor, tau: float = 1.0) -> Tensor:
     """Eq. 1, VR = softmax(V V^T / sqrt(d_v)) over the last axis; d_v is the model's own head_dim."""
-    values = values.float()
-    relation = values @ values.transpose(-1, -2) / math.sqrt(values.shape[-1])
-    return torch.softmax(relation / tau, dim=-1)
+    return torch.softmax(value_relation_logits(values) / tau, dim=-1)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -68,18 +73,40 @@ def _check_pair(student: Tensor, teacher: Tensor, what: str) -> None:
         )
 
 
+def student_log_probs(probs_logits: Tensor, log_of_softmax: bool = FAITHFUL.kl_log_of_softmax) -> Tensor:
+    """The student's log-probabilities over the last axis from its (already scaled, clamped) logits.
+
+    ``log_of_softmax`` (``Quirks.kl_log_of_softmax``, the released code): ``softmax(x).log()``, which is -inf
+    wherever the softmax underflows to 0 (a logit about 104 below the row's maximum in float32). False:
+    ``log_softmax(x)``, finite for finite logits.
+    """
+    logits = probs_logits.float()
+    if log_of_softmax:
+        return torch.softmax(logits, dim=-1).log()
+    return torch.log_softmax(logits, dim=-1)
+
+
+def kl_teacher_student_log(student_log_probs: Tensor, teacher_probs: Tensor, reduction: str = "mean") -> Tensor:
+    """Eq. 2, D_KL(teacher || student) = ``KLDivLoss(reduction)(student_log_probs, teacher)``.
+
+    'mean' divides the summed KL by every element (B*H*Tq*Tk, as released); 'batchmean' divides by the number
+    of distributions (rows, B*H*Tq), i.e. it is Tk times larger. A -inf student log-probability gives inf where
+    the teacher's probability is positive and NaN (0 * -inf) where it is 0, as in the release.
+    """
+    _check_reduction(reduction)
+    _check_pair(student_log_probs, teacher_probs, "distribution")
+    pointwise = F.kl_div(student_log_probs, teacher_probs, reduction="none")
+    denominator = pointwise.numel() if reduction == "mean" else pointwise[..., 0].numel()
+    return pointwise.sum() / denominator
+
+
 def kl_teacher_student(student_probs: Tensor, teacher_probs: Tensor, reduction: str = "mean") -> Tensor:
     """Eq. 2, D_KL(teacher || student) exactly as released: ``KLDivLoss(reduction)(student.log(), teacher)``.
 
-    'mean' divides the summed KL by every element (B*H*Tq*Tk, as released); 'batchmean' divides by the number
-    of distributions (rows, B*H*Tq), i.e. it is Tk times larger. Note the log of a softmax, not log_softmax:
-    a zero student probability where the teacher is also zero gives 0 * -inf = NaN, as in the release.
+    Note the log of a softmax, not log_softmax: a zero student probability where the teacher is also zero gives
+    0 * -inf = NaN, as in the release (``Quirks.kl_log_of_softmax``; see ``kl_teacher_student_log``).
     """
-    _check_reduction(reduction)
-    _check_pair(student_probs, teacher_probs, "distribution")
-    pointwise = F.kl_div(student_probs.log(), teacher_probs, reduction="none")
-    denominator = pointwise.numel() if reduction == "mean" else pointwise[..., 0].numel()
-    return pointwise.sum() / denominator
+    return kl_teacher_student_log(student_probs.log(), teacher_probs, reduction)
 
 
 def masked_kl_teacher_student(
@@ -109,14 +136,16 @@ def cad_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     tau: float = 1.0,
-    reduction: str = "mean",
+    reduction: str = FAITHFUL.kl_reduction,
     clamp: bool = False,
     masked: bool = False,
+    log_of_softmax: bool = FAITHFUL.kl_log_of_softmax,
 ) -> Tensor:
     """Eq. 2, L_CAD = tau^2 * D_KL(CAD_t || CAD_s) for one layer, all heads matched head to head.
 
     ``clamp``: the released VA hack (logits of both models clamped at 1e-5 before the softmax).
     ``masked``: the clean alternative, a KL that ignores -inf entries. Neither: the plain released formula.
+    ``log_of_softmax``: the student's log-probabilities as ``softmax().log()`` (released) or ``log_softmax``.
     """
     if clamp and masked:
         raise UserError("cad_loss: choose either clamp (released VA hack) or masked (clean KL), not both")
@@ -124,18 +153,26 @@ def cad_loss(
     if masked:
         return masked_kl_teacher_student(student_logits, teacher_logits, tau, reduction) * tau**2
     clamp_min = VA_CLAMP_MIN if clamp else None
-    student_probs = cross_attention_distribution(student_logits, tau, clamp_min)
     teacher_probs = cross_attention_distribution(teacher_logits, tau, clamp_min)
-    return kl_teacher_student(student_probs, teacher_probs, reduction) * tau**2
+    if clamp_min is not None:
+        student_logits = student_logits.clamp(min=clamp_min)
+    log_probs = student_log_probs(student_logits.float() / tau, log_of_softmax)
+    return kl_teacher_student_log(log_probs, teacher_probs, reduction) * tau**2
 
 
-def vr_loss(student_values: Tensor, teacher_values: Tensor, tau: float = 1.0, reduction: str = "mean") -> Tensor:
+def vr_loss(
+    student_values: Tensor,
+    teacher_values: Tensor,
+    tau: float = 1.0,
+    reduction: str = FAITHFUL.kl_reduction,
+    log_of_softmax: bool = FAITHFUL.kl_log_of_softmax,
+) -> Tensor:
     """Eq. 2, L_VR = tau^2 * D_KL(VR_t || VR_s) for one layer; each model uses its own head_dim."""
     if student_values.shape[:-1] != teacher_values.shape[:-1]:
         raise UserError(
             f"student and teacher value shapes differ ({tuple(student_values.shape)} vs "
             f"{tuple(teacher_values.shape)}); both models need the same number of heads and sequence lengths"
         )
-    student_probs = value_relation(student_values, tau)
     teacher_probs = value_relation(teacher_values.detach(), tau)
-    return kl_teacher_student(student_probs, teacher_probs, reduction) * tau**2
+    log_probs = student_log_probs(value_relation_logits(student_values) / tau, log_of_softmax)
+    return kl_teacher_student_log(log_probs, teacher_probs, reduction) * tau**2

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdistill.core.errors import UserError
-from mtdistill.core.quirks import Quirks
+from mtdistill.core.quirks import Quirks, resolve_quirks, switched_off
 from mtdistill.distill.baselines import (
     FITNETS_BETA,
     KD_TEMPERATURE,
@@ -31,8 +31,8 @@ from mtdistill.distill.baselines import (
     kd_over_batch,
     rkd_loss,
 )
-from mtdistill.distill.behaviour import KL_REDUCTIONS, CapturedBehaviour, cad_loss, vr_loss
-from mtdistill.distill.registry import register
+from mtdistill.distill.behaviour import CapturedBehaviour, cad_loss, vr_loss
+from mtdistill.distill.registry import VOCALIST, register
 from mtdistill.distill.weighting import WEIGHTINGS, automatic_weighting, uncertainty_weighting, uniform_weighting
 
 Layer = tuple[str, int]
@@ -90,16 +90,6 @@ def layer_name(layer: Layer) -> str:
     return f"{layer[0]}/{layer[1]}"
 
 
-def _resolve_quirks(quirks: Quirks | Mapping[str, object] | None) -> Quirks:
-    if quirks is None:
-        return Quirks()
-    if isinstance(quirks, Quirks):
-        return quirks
-    if isinstance(quirks, Mapping):
-        return Quirks().replace(**quirks)
-    raise UserError(f"quirks must be a Quirks object or a mapping of flags, not {type(quirks).__name__}")
-
-
 class DistillLoss(nn.Module):
     """Common plumbing: input checks, BCE, the ``terms`` log and the gradient-clipping hook."""
 
@@ -154,7 +144,7 @@ def bce_loss(student_out: CapturedBehaviour, labels: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(student_out.logits.float(), labels.float())
 
 
-@register("bce")
+@register("bce", family=VOCALIST)
 class BCELoss(DistillLoss):
     """BCE only: the student trained without a teacher (Table 1, first row)."""
 
@@ -170,7 +160,7 @@ class BCELoss(DistillLoss):
         return self._finish(bce, {"bce": bce})
 
 
-@register("mtd")
+@register("mtd", family=VOCALIST)
 class MTDLoss(DistillLoss):
     """CAD + VR mimicry of the cross-modal Transformers, weighted uniform (NMTD), AW or UW (MTD, Eq. 4).
 
@@ -180,9 +170,10 @@ class MTDLoss(DistillLoss):
         behaviour the real number of weights follows: ``len(loss.params) == len(loss.task_names)``.
     layers: subset of layers (None = all 12), "F1".."F4", "AV1".."AV4", "VA1".."VA4" or ("fusion", 3).
     terms: which behaviours to mimic, ("cad", "vr") (Table 2: ("cad",) or ("vr",)).
-    va_clamp: the released VA CAD clamp; it is used only when both this and ``quirks.va_cad_clamp`` are
-        True, otherwise the VA CAD term is a masked KL that ignores the masked entries.
-    quirks: ``kl_reduction`` ('mean' as released | 'batchmean') and ``va_cad_clamp`` are read from here.
+    va_clamp: shortcut for ``quirks.va_cad_clamp``: False is ``quirks.replace(va_cad_clamp=False)`` (the VA CAD
+        term becomes a masked KL that ignores the masked entries); True keeps the quirks' own value.
+    quirks: ``kl_reduction`` ('mean' as released | 'batchmean'), ``va_cad_clamp`` and ``kl_log_of_softmax``
+        (``softmax().log()`` as released | ``log_softmax``) are read from here (a ``Quirks`` or a mapping).
     alpha: weight of the distillation sum for "uniform" (BCE + alpha * sum), 1 as in the release.
     grad_clip: max gradient norm the trainer should clip to (see ``clip_grad_norm_``); None = no clipping.
     """
@@ -216,11 +207,9 @@ class MTDLoss(DistillLoss):
         self.n_weights = n_weights
         self.layers = parse_layers(layers)
         self.behaviours = tuple(b for b in BEHAVIOURS if b in terms)
-        self.quirks = _resolve_quirks(quirks)
-        self.va_clamp = bool(va_clamp) and self.quirks.va_cad_clamp
+        self.quirks = switched_off(quirks, va_cad_clamp=bool(va_clamp))
+        self.va_clamp = self.quirks.va_cad_clamp
         self.reduction = self.quirks.kl_reduction
-        if self.reduction not in KL_REDUCTIONS:
-            raise UserError(f"quirk kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, not {self.reduction!r}")
         self.tau = float(tau)
         self.alpha = float(alpha)
         self.term_names = [f"{b}/{layer_name(layer)}" for b in self.behaviours for layer in self.layers]
@@ -262,6 +251,7 @@ class MTDLoss(DistillLoss):
                     reduction=self.reduction,
                     clamp=is_va and self.va_clamp,
                     masked=is_va and not self.va_clamp,
+                    log_of_softmax=self.quirks.kl_log_of_softmax,
                 )
         for block, index in self.layers:
             if "vr" in self.behaviours:
@@ -270,6 +260,7 @@ class MTDLoss(DistillLoss):
                     teacher_out.values[block][index],
                     tau=self.tau,
                     reduction=self.reduction,
+                    log_of_softmax=self.quirks.kl_log_of_softmax,
                 )
         return out
 
@@ -293,11 +284,12 @@ class MTDLoss(DistillLoss):
         weights = f"alpha={self.alpha}" if self.weighting == "uniform" else f"n_weights={self.n_weights}"
         return (
             f"weighting={self.weighting}, {weights}, tasks={len(self.task_names)}, terms={self.behaviours}, "
-            f"layers=[{layers}], va_clamp={self.va_clamp}, reduction={self.reduction}"
+            f"layers=[{layers}], va_clamp={self.va_clamp}, reduction={self.reduction}, "
+            f"log_of_softmax={self.quirks.kl_log_of_softmax}"
         )
 
 
-@register("nmtd")
+@register("nmtd", family=VOCALIST)
 class NMTDLoss(MTDLoss):
     """NMTD (Eq. 3, uniform): BCE + alpha * sum of CAD + VR over the chosen layers (all 12 by default)."""
 
@@ -314,7 +306,7 @@ class NMTDLoss(MTDLoss):
         super().__init__("uniform", 25, layers, va_clamp, quirks, terms, tau, alpha, grad_clip)
 
 
-@register("aw")
+@register("aw", family=VOCALIST)
 class AWLoss(MTDLoss):
     """Eq. 3 with automatic weighting, w = softmax(params), 13 or 25 learnable weights (spec 2.4)."""
 
@@ -331,7 +323,7 @@ class AWLoss(MTDLoss):
         super().__init__("aw", n_weights, layers, va_clamp, quirks, terms, tau, 1.0, grad_clip)
 
 
-@register("minilm")
+@register("minilm", family=VOCALIST)
 class MiniLMLoss(MTDLoss):
     """MiniLM*: BCE + CAD + VR of the last Fusion layer only, uniform weights (spec 2.5, an inference)."""
 
@@ -348,12 +340,12 @@ class MiniLMLoss(MTDLoss):
         super().__init__("uniform", 25, layers, va_clamp, quirks, terms, tau, alpha, grad_clip)
 
 
-@register("kd")
+@register("kd", family=VOCALIST)
 class KDLoss(DistillLoss):
     """BCE + alpha * Hinton KD at T=5 on the sync logits.
 
-    over_batch: None = ``quirks.kd_softmax_over_batch`` (True, released: softmax over the batch dimension);
-    False = per-sample binary KD on sigmoid probabilities.
+    ``quirks.kd_softmax_over_batch`` (True, released) takes the softmax over the batch dimension; False gives a
+    per-sample binary KD on sigmoid probabilities. ``over_batch`` records which one this loss computes.
     """
 
     needs_capture: ClassVar[bool] = False  # the sync logits are all it reads
@@ -362,7 +354,6 @@ class KDLoss(DistillLoss):
         self,
         temperature: float = KD_TEMPERATURE,
         alpha: float = 1.0,
-        over_batch: bool | None = None,
         quirks: Quirks | Mapping[str, object] | None = None,
         grad_clip: float | None = None,
     ) -> None:
@@ -371,7 +362,8 @@ class KDLoss(DistillLoss):
             raise UserError(f"KD temperature must be positive, not {temperature!r}")
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.over_batch = _resolve_quirks(quirks).kd_softmax_over_batch if over_batch is None else bool(over_batch)
+        self.quirks = resolve_quirks(quirks)
+        self.over_batch = self.quirks.kd_softmax_over_batch
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}, over_batch={self.over_batch}"
@@ -387,7 +379,7 @@ class KDLoss(DistillLoss):
 RKD_FEATURES = ("pooled", "fusion")
 
 
-@register("rkd")
+@register("rkd", family=VOCALIST)
 class RKDLoss(DistillLoss):
     """BCE + alpha * RKD (distance x 25 + angle x 50, smooth-L1).
 
@@ -433,15 +425,17 @@ class RKDLoss(DistillLoss):
 
 FITNETS_EMBEDDINGS = {"last": ("fusion",), "cross": ("av", "va"), "both": ("fusion", "av", "va")}
 FITNETS_DIRECTIONS = ("teacher_to_student", "student_to_teacher")
+"""``FitNetsLoss.direction`` for ``Quirks.fitnets_teacher_to_student`` True (released) and False (the paper)."""
 
 
-@register("fitnets")
+@register("fitnets", family=VOCALIST)
 class FitNetsLoss(DistillLoss):
     """BCE + alpha * FitNets hints: beta (100) x MSE between block outputs through a learnable Linear regressor.
 
     emb: "last" = Fusion output ``hidden["fusion"][-1]`` (B, 16, d); "cross" = AV (B, 16, d) and VA (B, 5, d)
-    outputs; "both" = all three, summed. direction: "teacher_to_student" (released: Linear(teacher_dim ->
-    student_dim) maps the teacher's features onto the student's) or "student_to_teacher" (classic FitNets).
+    outputs; "both" = all three, summed. ``quirks.fitnets_teacher_to_student`` (True, released): Linear(teacher_dim
+    -> student_dim) maps the teacher's features onto the student's; False: the classic FitNets regressor on the
+    student, Linear(student_dim -> teacher_dim). ``direction`` records which one this loss computes.
     One regressor is shared by all embeddings; it exists from construction so the optimizer sees it.
     """
 
@@ -450,22 +444,21 @@ class FitNetsLoss(DistillLoss):
         teacher_dim: int = 512,
         student_dim: int = 200,
         emb: str = "last",
-        direction: str = "teacher_to_student",
         beta: float = FITNETS_BETA,
         alpha: float = 1.0,
+        quirks: Quirks | Mapping[str, object] | None = None,
         grad_clip: float | None = None,
     ) -> None:
         super().__init__(grad_clip)
         if emb not in FITNETS_EMBEDDINGS:
             raise UserError(f"unknown FitNets emb {emb!r}; use one of {', '.join(FITNETS_EMBEDDINGS)}")
-        if direction not in FITNETS_DIRECTIONS:
-            raise UserError(f"unknown FitNets direction {direction!r}; use one of {', '.join(FITNETS_DIRECTIONS)}")
+        self.quirks = resolve_quirks(quirks)
         self.emb = emb
-        self.direction = direction
+        self.direction = FITNETS_DIRECTIONS[0 if self.quirks.fitnets_teacher_to_student else 1]
         self.teacher_dim, self.student_dim = int(teacher_dim), int(student_dim)
         self.beta = float(beta)
         self.alpha = float(alpha)
-        if direction == "teacher_to_student":
+        if self.quirks.fitnets_teacher_to_student:
             self.regressor = nn.Linear(self.teacher_dim, self.student_dim)
         else:
             self.regressor = nn.Linear(self.student_dim, self.teacher_dim)
@@ -489,7 +482,7 @@ class FitNetsLoss(DistillLoss):
             teacher = teacher_out.hidden[block][-1].detach()
             self._check_width(student, self.student_dim, "student")
             self._check_width(teacher, self.teacher_dim, "teacher")
-            if self.direction == "teacher_to_student":
+            if self.quirks.fitnets_teacher_to_student:
                 terms[f"fitnets/{block}"] = fitnets_hint_loss(student, self.regressor(teacher), self.beta)
             else:
                 terms[f"fitnets/{block}"] = fitnets_hint_loss(self.regressor(student), teacher, self.beta)

@@ -1,7 +1,11 @@
-"""Name -> loss class registry shared by every distillation recipe (VocaLiST and MulT alike).
+"""Name -> loss class registry shared by every distillation recipe, each loss tagged with its family.
 
-Loss modules register themselves with ``@register("name")``; configs and the trainer build them with
-``build_loss(name, **kwargs)``. Unknown names and unknown keyword arguments become one-line ``UserError``s.
+Loss modules register themselves with ``@register("name", family=VOCALIST)`` (or ``MULT``); configs and the
+trainers build them with ``build_loss(name, family=..., **kwargs)``. The two families have incompatible call
+signatures (VocaLiST losses: ``loss(student_out, teacher_out, labels)`` on captured sync behaviour; MulT losses:
+``loss(student_out, teacher_out, labels, index)`` on MulT outputs), so a recipe of one system may only name losses
+of its own family. Unknown names, a loss of the other family and unknown keyword arguments become one-line
+``UserError``s.
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ from torch import nn
 
 from mtdistill.core.errors import UserError
 
+VOCALIST = "vocalist"
+"""Family of the lip-sync losses (VocaLiST -> MTDVocaLiST recipes, ``mtdistill train`` / ``distill``)."""
+MULT = "mult"
+"""Family of the MulT -> video-only losses (``mtdistill mult train`` recipes)."""
+FAMILIES = {VOCALIST: "VocaLiST", MULT: "MulT"}
+"""Family id -> the system's name in messages."""
+
 LOSSES: dict[str, type[nn.Module]] = {}
-"""Every registered loss: name -> class (an ``nn.Module`` with ``forward(student_out, teacher_out, labels)``)."""
+"""Every registered loss: name -> class (an ``nn.Module``; ``cls.family`` says which system it belongs to)."""
 
 T = TypeVar("T", bound=type)
 
 
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make the loss buildable as ``build_loss(name, ...)``."""
+def register(name: str, *, family: str) -> Callable[[T], T]:
+    """Class decorator: make the loss buildable as ``build_loss(name, ...)``; ``family`` is VOCALIST or MULT."""
+    if family not in FAMILIES:
+        raise ValueError(f"loss {name!r}: family must be one of {sorted(FAMILIES)}, not {family!r}")
 
     def decorator(cls: T) -> T:
         existing = LOSSES.get(name)
@@ -32,6 +45,7 @@ def register(name: str) -> Callable[[T], T]:
             )
         LOSSES[name] = cls
         cls.registry_name = name
+        cls.family = family
         return cls
 
     return decorator
@@ -66,12 +80,39 @@ def accepted_kwargs(cls: type) -> list[str] | None:
     return [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
 
 
-def build_loss(name: str, **kwargs: object) -> nn.Module:
-    """Instantiate the registered loss ``name`` with ``kwargs`` (the ``loss:`` section of a recipe)."""
+def losses_of(family: str) -> list[str]:
+    """Sorted names of the registered losses of one family."""
     _ensure_builtin()
-    if name not in LOSSES:
-        raise UserError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    return sorted(n for n, cls in LOSSES.items() if getattr(cls, "family", None) == family)
+
+
+def check_loss(name: object, family: str | None = None, where: str = "") -> type[nn.Module]:
+    """The class registered as ``name``; one-line ``UserError`` when it is unknown or of another family.
+
+    ``where`` prefixes the message (e.g. "config configs/kd.yaml: 'loss.name'").
+    """
+    _ensure_builtin()
+    at = f"{where}: " if where else ""
+    if not isinstance(name, str) or name not in LOSSES:
+        known = losses_of(family) if family is not None else sorted(LOSSES)
+        raise UserError(f"{at}unknown loss {name!r}; known losses: {', '.join(known)}")
     cls = LOSSES[name]
+    have = getattr(cls, "family", None)
+    if family is not None and have != family:
+        raise UserError(
+            f"{at}loss {name!r} is a {FAMILIES.get(have, have)} loss and cannot train a {FAMILIES[family]} "
+            f"recipe; {FAMILIES[family]} losses: {', '.join(losses_of(family))}"
+        )
+    return cls
+
+
+def build_loss(name: str, family: str | None = None, **kwargs: object) -> nn.Module:
+    """Instantiate the registered loss ``name`` with ``kwargs`` (the ``loss:`` section of a recipe).
+
+    ``family`` (VOCALIST or MULT): the recipe's system; a loss of the other family is refused with one line
+    naming its family and the losses of the right one. None accepts either (library use).
+    """
+    cls = check_loss(name, family)
     known = accepted_kwargs(cls)
     if known is not None:
         unknown = sorted(set(kwargs) - set(known))

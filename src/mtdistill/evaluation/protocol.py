@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mtdistill.core.errors import UserError
-from mtdistill.core.quirks import Quirks
+from mtdistill.core.quirks import FAITHFUL, Quirks, switched_off
 from mtdistill.core.timing import (
     MEL_HOP,
     MEL_WINDOW,
@@ -84,12 +84,12 @@ def padded_index(n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------- scoring core (spec 4.2-4.4)
 
 
-def padding_mask(n: int, official_edges: bool = True) -> np.ndarray:
+def padding_mask(n: int, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> np.ndarray:
     """(n, 31) bool, True for zero-padded candidates that get -1000 (spec 4.2).
 
     The official code uses an if/elif: rows with i < 15 mask only the left padding (j < 15 - i), so when n < 30 a
     row that is also a right-edge row (i >= n - 15) keeps its right-padding candidates unmasked. ``official_edges``
-    reproduces that; False masks both sides.
+    (``Quirks.eval_ifelif_edges``) reproduces that; False masks both sides.
     """
     mask = np.zeros((n, N_CANDIDATES), dtype=bool)
     j = np.arange(N_CANDIDATES)
@@ -103,7 +103,7 @@ def padding_mask(n: int, official_edges: bool = True) -> np.ndarray:
     return mask
 
 
-def mask_padding(logits: np.ndarray, official_edges: bool = True) -> np.ndarray:
+def mask_padding(logits: np.ndarray, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> np.ndarray:
     """Raw (N, 31) logits -> scores with padded candidates set to -1000 (spec 4.2)."""
     scores = np.array(logits, dtype=np.float64, copy=True)
     scores[padding_mask(scores.shape[0], official_edges)] = MASK_SCORE
@@ -184,7 +184,7 @@ class UtteranceScores:
 def evaluate_logits(
     logits: np.ndarray,
     lengths: Sequence[int] = DEFAULT_LENGTHS,
-    official_edges: bool = True,
+    official_edges: bool = FAITHFUL.eval_ifelif_edges,
     min_length: int | None = None,
 ) -> UtteranceScores:
     """Run the scoring core on a raw (N, 31) logit matrix (spec 4.2-4.4)."""
@@ -340,9 +340,13 @@ def score_utterance(
     of the 16 kHz waveform (default (M - 1) * 200). fast=None picks the factorised path for VocaLiST-family models;
     device=None keeps the model where it is. skip_masked: the fast path does not score candidates that the edge rule
     sets to -1000 anyway (their raw logits then read -1000 too). Raises UserError when N < 1 (too short).
+
+    ``quirks`` (default: faithful) gives ``eval_ifelif_edges`` and ``eval_exclude_last_window``;
+    ``official_edges=False`` is a shortcut for ``quirks.replace(eval_ifelif_edges=False)`` (True keeps the quirks'
+    own value).
     """
-    quirks = quirks or Quirks()
-    official_edges = official_edges and quirks.eval_ifelif_edges  # either switch turns the if/elif off
+    quirks = switched_off(quirks, eval_ifelif_edges=official_edges)
+    official_edges = quirks.eval_ifelif_edges
     frames_t = _as_tensor(frames, "frames")
     mel_t = _as_tensor(mel, "mel")
     if frames_t.ndim != 4 or frames_t.shape[1] != 3:
@@ -394,7 +398,8 @@ def utterance_accuracy(
     """Per-utterance accuracy per context length K, as a fraction in [0, 1] (spec 4.4).
 
     The public API (ARCHITECTURE.md): any torch module mapping (video, mel) -> logits is accepted; the keyword
-    options are those of `score_utterance`.
+    options are those of `score_utterance`. The protocol's quirks come from ``quirks`` (default: faithful);
+    ``official_edges=False`` is a shortcut for ``quirks.replace(eval_ifelif_edges=False)``.
     """
     scored = score_utterance(
         model,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mtdistill.core.errors import UserError
-from mtdistill.core.quirks import Quirks
+from mtdistill.core.quirks import Quirks, resolve_quirks, switched_off
 from mtdistill.core.timing import SAMPLES_PER_FRAME, WINDOW_FRAMES
 from mtdistill.data.pairs import PairDataset
 from mtdistill.evaluation.protocol import (
@@ -22,7 +22,7 @@ from mtdistill.evaluation.protocol import (
     score_utterance,
 )
 from mtdistill.media.audio import utterance_mel
-from mtdistill.metrics.f1 import batch_weighted_f1, epoch_f1
+from mtdistill.metrics.f1 import batch_f1_stats, epoch_f1_from_stats
 from mtdistill.models.presets import check_preset, frames_to_input
 
 MIN_VAL_PAIRS = 256
@@ -77,10 +77,14 @@ def evaluate_store(
     quirks: Quirks | None = None,
     progress: bool = True,
 ) -> StoreEvaluation:
-    """Evaluate every utterance of a store split with the official protocol; macro average over utterances."""
+    """Evaluate every utterance of a store split with the official protocol; macro average over utterances.
+
+    ``quirks`` (default: faithful) gives the protocol's flags; ``official_edges=False`` is a shortcut for
+    ``quirks.replace(eval_ifelif_edges=False)``.
+    """
     from tqdm import tqdm
 
-    quirks = quirks or Quirks()
+    quirks = switched_off(quirks, eval_ifelif_edges=official_edges)
     lengths = check_lengths(lengths)
     preset = check_preset(getattr(model, "preset", None))
     uids = store.ids(split)
@@ -105,7 +109,7 @@ def evaluate_store(
             continue
         frames = frames_to_input(store.frames(uid), preset)
         scored = score_utterance(
-            model, frames, utterance_mel(audio), lengths, official_edges, audio.shape[0],
+            model, frames, utterance_mel(audio), lengths, n_samples=audio.shape[0],
             device=device, fast=fast, quirks=quirks,
         )  # fmt: skip
         per_utt.append(scored.accuracy)
@@ -135,7 +139,10 @@ def validation_f1(
     device: str | torch.device | None = None,
     quirks: Quirks | None = None,
 ) -> float:
-    """Mean of per-batch weighted F1 at logit > 0.5 on a seeded, fixed pair set of the split (spec 4.5).
+    """Validation weighted F1 on a seeded, fixed pair set of the split, as the training script computes it.
+
+    Released (``quirks`` default): the mean of per-batch weighted F1s at logit > 0.5; ``Quirks.f1_logit_threshold``
+    and ``Quirks.f1_mean_of_batches`` switch to probability > 0.5 and to one F1 over every pair.
 
     length: number of pairs; default one per utterance (the official 1,082 for LRS2 val), at least MIN_VAL_PAIRS so
     that small stores still give a meaningful number.
@@ -144,16 +151,17 @@ def validation_f1(
 
     if length is None:
         length = max(len(store.ids(split)), MIN_VAL_PAIRS)
+    quirks = resolve_quirks(quirks)
     pairs = PairDataset(store, split=split, preset=model.preset, seed=seed, length=length, fixed=True,
-                        quirks=quirks or Quirks())  # fmt: skip
+                        quirks=quirks)  # fmt: skip
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.to(dev).eval()
     try:
-        f1s = []
+        stats = []
         for batch in DataLoader(pairs, batch_size=batch_size, shuffle=False, num_workers=0):
             logits = model(batch["video"].to(dev), batch["mel"].to(dev))
-            f1s.append(batch_weighted_f1(logits, batch["label"]))
+            stats.append(batch_f1_stats(logits, batch["label"], quirks))
     finally:
         model.train(was_training)
-    return epoch_f1(f1s)
+    return epoch_f1_from_stats(stats, quirks)

@@ -3,7 +3,8 @@
 Layout (docs/internal_api.md, "Run folder"):
     checkpoints/epoch=NNN.ckpt   full Lightning state after 0-based epoch NNN
     checkpoints/last.ckpt        copy of the newest one (what resume reads)
-    checkpoints/best.ckpt        copy of the one with the strictly highest val weighted F1
+    checkpoints/best.ckpt        copy of the one with the highest val weighted F1 (``improves``: strictly greater
+                                 as released, ``Quirks.best_strictly_greater``)
     model_last.safetensors / model_best.safetensors   ``model.save_checkpoint`` files
     summary.json
 Every file is written to a temporary name and moved into place with ``os.replace``, so a SIGKILL at any moment
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.runs import BEST, CHECKPOINT_DIR, LAST, MODEL_BEST, MODEL_LAST, SUMMARY
 from mtdistill.core.safeio import atomic_copy, atomic_path, atomic_write_text
 
@@ -81,20 +83,52 @@ def read_checkpoint_step(path: Path) -> int:
     return int(ckpt.get("global_step", 0))
 
 
+def improves(f1: float | None, best: float | None, strictly_greater: bool = FAITHFUL.best_strictly_greater) -> bool:
+    """Whether an epoch's validation F1 makes it the new best one.
+
+    ``strictly_greater`` (``Quirks.best_strictly_greater``, the released MTD rule): only a higher F1 replaces the
+    best, so on a tie the earlier epoch stays. False: a tie moves the best to the later epoch. A missing or NaN F1
+    never improves.
+    """
+    if f1 is None or f1 != f1:
+        return False
+    if best is None:
+        return True
+    return f1 > best if strictly_greater else f1 >= best
+
+
+def _module_quirks(pl_module: pl.LightningModule) -> Quirks:
+    """The run's Quirks object as the trainer module carries it (``cfg["_quirks"]``); faithful when absent."""
+    cfg = getattr(pl_module, "cfg", None)
+    quirks = cfg.get("_quirks") if isinstance(cfg, dict) else None
+    return quirks if isinstance(quirks, Quirks) else FAITHFUL
+
+
 class RunCheckpoints(pl.Callback):
     """After every training epoch (validation has run by then): epoch/last/best checkpoints, model files, summary.
 
-    Best = strictly greater validation weighted F1 than every earlier epoch (the released MTD rule).
-    Its state (best F1 and epoch) travels inside the Lightning checkpoint so that resume keeps it.
+    Best = the epoch whose validation weighted F1 ``improves`` on every earlier one: strictly greater as released
+    (``Quirks.best_strictly_greater``; ``quirks`` None = the flags the trained module carries). Its state (best F1
+    and epoch) travels inside the Lightning checkpoint so that resume keeps it.
     """
 
-    def __init__(self, run_dir: Path, *, name: str, method: str, params: int, epoch_checkpoints: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        name: str,
+        method: str,
+        params: int,
+        epoch_checkpoints: bool = True,
+        quirks: Quirks | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / CHECKPOINT_DIR
         self.name = name
         self.method = method
         self.params = params
         self.epoch_checkpoints = epoch_checkpoints
+        self.quirks = quirks
         self.best_val_f1: float | None = None
         self.best_epoch: int | None = None
         self.epochs_done = 0
@@ -110,7 +144,8 @@ class RunCheckpoints(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         f1 = getattr(pl_module, "val_f1_of_epoch", {}).get(epoch)
-        improved = f1 is not None and f1 == f1 and (self.best_val_f1 is None or f1 > self.best_val_f1)
+        quirks = self.quirks or _module_quirks(pl_module)
+        improved = improves(f1, self.best_val_f1, quirks.best_strictly_greater)
         if improved:
             self.best_val_f1, self.best_epoch = float(f1), epoch
         self.epochs_done = epoch + 1

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from mtdistill.metrics.f1 import batch_weighted_f1, epoch_f1
+from mtdistill.metrics.f1 import F1_STATS, batch_f1_stats, epoch_f1_from_stats
 from mtdistill.models.vocalist import SyncOutput, VocaLiST
 from mtdistill.training.checkpoints import ResumableStateMixin, reseed
 from mtdistill.training.schedule import EpochStepLR
@@ -68,7 +68,7 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
         self.val_teacher_needed = teacher is not None and (
             self.teacher_needed or any(getattr(v, "needs_teacher", True) for v in self.val_losses.values())
         )
-        self._val_batch_f1: list[float] = []
+        self._val_batch_f1: list[Any] = []
         self.val_f1_of_epoch: dict[int, float] = {}
 
     # ---- helpers ----
@@ -133,7 +133,7 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
         bs = labels.shape[0]
         logits = student_out.logits.float()
         bce = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        self._val_batch_f1.append(batch_weighted_f1(logits, labels))
+        self._val_batch_f1.append(batch_f1_stats(logits, labels, self.cfg["_quirks"]))
         metrics = {"val/loss": bce}
         if teacher_out is not None or not getattr(self.loss, "needs_teacher", False):
             metrics["val/total"] = self.loss(student_out, teacher_out, labels)
@@ -149,10 +149,12 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
             self.log(name, value.detach().float(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
 
     def on_validation_epoch_end(self) -> None:
-        local = torch.tensor(self._val_batch_f1, dtype=torch.float64, device=self.device)
+        rows = [torch.as_tensor(r, dtype=torch.float64) for r in self._val_batch_f1]
+        local = torch.stack(rows) if rows else torch.zeros((0, len(F1_STATS)), dtype=torch.float64)
+        local = local.to(self.device)
         if self.trainer.world_size > 1:  # DistributedSampler pads ranks to equal batch counts
-            local = self.all_gather(local).reshape(-1)
-        f1 = epoch_f1(local.cpu().tolist())
+            local = self.all_gather(local).reshape(-1, len(F1_STATS))
+        f1 = epoch_f1_from_stats(local.cpu().numpy(), self.cfg["_quirks"])  # Quirks.f1_mean_of_batches
         if self.trainer.sanity_checking:
             return
         self.val_f1_of_epoch[self.current_epoch] = f1

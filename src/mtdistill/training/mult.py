@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -26,67 +27,113 @@ from mtdistill.core.safeio import atomic_write_text
 from mtdistill.data.mult.mosei import MoseiDataset, MoseiSplit, load_mosei
 from mtdistill.distill import build_loss
 from mtdistill.distill.mult.objective import classification_loss, logits_of
-from mtdistill.distill.registry import LOSSES, _ensure_builtin, accepted_kwargs
+from mtdistill.distill.registry import LOSSES, MULT, _ensure_builtin, accepted_kwargs, check_loss
 from mtdistill.metrics.mult import mosei_metrics
 from mtdistill.models.mult import MulT, MulTConfig, load_mult_checkpoint, resolve_model_file
 from mtdistill.models.mult.students import StudentConfig, configuration, student_for
 from mtdistill.training.checkpoints import ResumableStateMixin, read_checkpoint_step, seed_epoch
-from mtdistill.training.config import OPEN, _k, _validate_section, apply_overrides, dump_config, read_yaml
+from mtdistill.training.config import (
+    apply_overrides,
+    check_run_name,
+    dump_config,
+    parse_section,
+    read_yaml,
+)
 from mtdistill.training.engine import fit_run
 
-_INT, _NUM = (int,), (int, float)
-MULT_SCHEMA: dict[str, Any] = {
-    "name": _k(str, required=True),
-    "kind": _k(str, required=True, choices=("teacher", "student")),
-    "method": _k(str),  # the row's description in reports
-    "row": _k(str),  # Table 1 row id (see evaluation/mult_report.py); None = not a paper row
-    "description": _k(str),
-    "seed": _k(*_INT, default=1111),
-    "configuration": _k(*_INT, default=5, choices=(1, 2, 3, 4, 5)),  # student-teacher configuration (4.2)
-    "edam_s": _k(bool, default=True),  # student proxies take the teacher's stream lengths
-    "model": OPEN,  # MulTConfig fields (teacher) or StudentConfig fields (student)
-    "teacher": {"run": _k(str), "checkpoint": _k(str)},
-    "data": {
-        "pickle": _k(str, required=True),
-        "batch_size": _k(*_INT, default=64),
-        "val_batch_size": _k(*_INT),
-        "num_workers": _k(*_INT, default=0),
-        "limit_train": _k(*_INT),
-    },
-    "loss": OPEN,
-    "optim": {
-        "lr": _k(*_NUM, default=1e-3),
-        "patience": _k(*_INT, default=10),
-        "factor": _k(*_NUM, default=0.5),
-        "max_grad_norm": _k(*_NUM, default=0.8),
-        "weight_decay": _k(*_NUM, default=0.0),
-    },
-    "trainer": {
-        "epochs": _k(*_INT, default=100),
-        "accelerator": _k(str, default="auto"),
-        "devices": _k(int, str, list, default=1),
-        "precision": _k(str, default="32"),
-        "log_every_n_steps": _k(*_INT, default=10),
-        "limit_train_batches": _k(*_NUM),
-        "limit_val_batches": _k(*_NUM),
-        "progress_bar": _k(bool, default=True),
-        "deterministic": _k(bool, default=False),
-        "threads": _k(*_INT),  # torch CPU threads; 1 avoids OpenMP spin contention on busy small machines
-    },
-    "output": {"dir": _k(str, default="runs"), "epoch_checkpoints": _k(bool, default=False)},
-}
+
+# ---- recipe (typed; parsed by training.config.parse_section) ----
+@dataclass(kw_only=True)
+class MultTeacherSection:
+    run: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(kw_only=True)
+class MultDataSection:
+    pickle: str
+    batch_size: int = 64
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    limit_train: int | None = None
+
+
+@dataclass(kw_only=True)
+class MultOptimSection:
+    lr: float = 1e-3
+    patience: int = 10
+    factor: float = 0.5
+    max_grad_norm: float | None = 0.8
+    weight_decay: float = 0.0
+
+
+@dataclass(kw_only=True)
+class MultTrainerSection:
+    epochs: int = 100
+    accelerator: str = "auto"
+    devices: int | str | list = 1
+    precision: str = "32"
+    log_every_n_steps: int = 10
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    progress_bar: bool = True
+    deterministic: bool = False
+    threads: int | None = None
+    """torch CPU threads; 1 avoids OpenMP spin contention on busy small machines."""
+
+
+@dataclass(kw_only=True)
+class MultOutputSection:
+    dir: str = "runs"
+    epoch_checkpoints: bool = False
+
+
+@dataclass(kw_only=True)
+class MultRunConfig:
+    """A resolved MulT recipe (``mtdistill mult train``): a teacher, or a video-only student."""
+
+    name: str
+    kind: Literal["teacher", "student"]
+    method: str | None = None
+    """The row's description in reports."""
+    row: str | None = None
+    """Table 1 row id (see evaluation/mult/report.py); None = not a paper row."""
+    description: str | None = None
+    seed: int = 1111
+    configuration: Literal[1, 2, 3, 4, 5] = 5
+    """Student-teacher configuration (paper section 4.2)."""
+    edam_s: bool = True
+    """Student proxies take the teacher's stream lengths."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """MulTConfig fields (teacher) or StudentConfig fields (student)."""
+    teacher: MultTeacherSection = field(default_factory=MultTeacherSection)
+    data: MultDataSection
+    loss: dict[str, Any] = field(default_factory=dict)
+    """``name`` (default mult_ce) plus the keyword arguments of a MulT-family loss."""
+    optim: MultOptimSection = field(default_factory=MultOptimSection)
+    trainer: MultTrainerSection = field(default_factory=MultTrainerSection)
+    output: MultOutputSection = field(default_factory=MultOutputSection)
+
+
+def parse_mult_config(data: dict[str, Any], where: str = "<dict>") -> MultRunConfig:
+    """Check every key of a merged MulT recipe and fill defaults: the typed ``MultRunConfig``."""
+    if not isinstance(data, dict):
+        raise UserError(f"config {where}: top level must be a mapping of keys, got {type(data).__name__}")
+    cfg = parse_section(MultRunConfig, data, where)
+    check_run_name(cfg.name, where)
+    cfg.loss.setdefault("name", "mult_ce")
+    check_loss(cfg.loss["name"], MULT, f"config {where}: 'loss.name'")
+    if cfg.kind == "teacher" and cfg.loss["name"] != "mult_ce":
+        raise UserError(f"config {where}: a teacher trains with loss mult_ce, not {cfg.loss['name']!r}")
+    if cfg.data.batch_size < 1 or cfg.trainer.epochs < 1 or cfg.optim.lr <= 0:
+        raise UserError(f"config {where}: batch_size and epochs must be >= 1 and lr > 0")
+    cfg.method = cfg.method or cfg.name
+    return cfg
 
 
 def validate_mult_config(data: dict[str, Any], where: str = "<dict>") -> dict[str, Any]:
-    cfg = _validate_section(data, MULT_SCHEMA, where, "")
-    if "name" not in cfg["loss"]:
-        cfg["loss"]["name"] = "mult_ce"
-    if cfg["kind"] == "teacher" and cfg["loss"]["name"] != "mult_ce":
-        raise UserError(f"config {where}: a teacher trains with loss mult_ce, not {cfg['loss']['name']!r}")
-    if cfg["data"]["batch_size"] < 1 or cfg["trainer"]["epochs"] < 1 or cfg["optim"]["lr"] <= 0:
-        raise UserError(f"config {where}: batch_size and epochs must be >= 1 and lr > 0")
-    cfg["method"] = cfg["method"] or cfg["name"]
-    return cfg
+    """``parse_mult_config`` as the plain nested dict the trainer and config.yaml use."""
+    return asdict(parse_mult_config(data, where))
 
 
 def load_mult_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -302,7 +349,7 @@ def train_mult(cfg: dict[str, Any], resume: bool | None = None, splits: dict[str
     train = data.splits["train"]
     teacher = build_teacher(cfg) if cfg["kind"] == "student" else None
     model = build_model(cfg, train, teacher)
-    loss = build_loss(cfg["loss"]["name"], **loss_kwargs(cfg, train))
+    loss = build_loss(cfg["loss"]["name"], MULT, **loss_kwargs(cfg, train))
     probe = next(iter(DataLoader(data.dataset("train"), batch_size=2)))
     module = MultLightningModule(model, loss, cfg, teacher=teacher, probe=probe)
 
@@ -327,7 +374,7 @@ def train_mult(cfg: dict[str, Any], resume: bool | None = None, splits: dict[str
 
 
 __all__ = [
-    "MULT_SCHEMA",
+    "MultRunConfig",
     "MoseiDataModule",
     "MultLightningModule",
     "StudentConfig",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mtdistill.core.errors import UserError
 from mtdistill.distill.mult.objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
-from mtdistill.distill.registry import register
+from mtdistill.distill.registry import MULT, register
 
 LEVELS = ("final", "penultimate", "post_attention", "attention")
 NEGATIVES = ("uniform", "class")
@@ -175,7 +175,7 @@ def pool_attention(logits: Tensor, size: int, how: str) -> Tensor:
     return F.adaptive_avg_pool2d(p[:, None], (min(size, tq), min(size, tk)))[:, 0].flatten(1)
 
 
-@register("crd")
+@register("crd", family=MULT)
 class CRDLoss(MulTObjective):
     """alpha * L_c + beta * L_CRD at one level (RepDistiller's CRD-alone weights: alpha=1, beta=0.8)."""
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from mtdistill.core.errors import UserError
 from mtdistill.distill.mult.objective import MulTObjective, get_maps, pair_key, parse_pairs, select_layers
-from mtdistill.distill.registry import register
+from mtdistill.distill.registry import MULT, register
 
 DIRECTIONS = ("teacher_target", "paper_literal")
 HEAD_MODES = ("per_head", "mean")
@@ -119,7 +119,7 @@ class MapResampler(nn.Module):
         return z.masked_fill(student_mask, float("-inf"))
 
 
-@register("edam")
+@register("edam", family=MULT)
 class EDAMLoss(MulTObjective):
     """alpha * L_c + beta * mean over pairs of L_EDAM (eq. 12); maps must have equal shapes (EDAM-S)."""
 
@@ -169,12 +169,12 @@ class EDAMLoss(MulTObjective):
         return out * self.tau**2 if self.tau_squared else out
 
 
-@register("edam_s")
+@register("edam_s", family=MULT)
 class EDAMSLoss(EDAMLoss):
     """EDAM-S: EDAM on maps made equal in shape by the student's length adapters (recipe sets proxy_lengths)."""
 
 
-@register("edam_t")
+@register("edam_t", family=MULT)
 class EDAMTLoss(EDAMLoss):
     """EDAM-T: the teacher maps are resampled to the student's shape by learned Linear layers (built in setup)."""
 

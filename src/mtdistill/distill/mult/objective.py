@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtdistill.core.errors import UserError
-from mtdistill.distill.registry import register
+from mtdistill.distill.registry import MULT, register
 
 
 def logits_of(out: Any) -> Tensor:
@@ -84,7 +84,7 @@ class MulTObjective(nn.Module):
         return total
 
 
-@register("mult_ce")
+@register("mult_ce", family=MULT)
 class CEOnly(MulTObjective):
     """The student (or teacher) without distillation: alpha * L_c."""
 
@@ -95,7 +95,7 @@ class CEOnly(MulTObjective):
         super().__init__(alpha=alpha, beta=0.0)
 
 
-@register("mult_kd")
+@register("mult_kd", family=MULT)
 class LogitKD(MulTObjective):
     """alpha * L_c + beta * T^2 KL on the logits (Hinton KD; RepDistiller uses alpha=0.1, beta=0.9, T=4)."""
 
