@@ -321,8 +321,11 @@ class Store:
         shard = self._entries[uid]["shard"]
         out = []
         for name in ("frames", "audio"):
-            ds = g[name]
-            offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+            try:
+                ds = g[name]
+                offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise damaged_shard(self.shard_path(shard), exc) from None
             if offset is None or ds.size == 0:
                 out.append(ds)
                 continue

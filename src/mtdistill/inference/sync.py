@@ -34,7 +34,7 @@ from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_wi
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
 from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
 from mtdistill.media.audio import load_audio
-from mtdistill.media.decode import collect_decode_problems
+from mtdistill.media.decode import collect_decode_problems, stream_ends
 from mtdistill.media.frames import probe
 from mtdistill.media.tracking import iter_mouth_crops, track_faces
 from mtdistill.models.presets import check_preset, frames_to_input, windows_to_video
@@ -168,7 +168,7 @@ def sync_video(path: str | os.PathLike, model: nn.Module, **options: Any) -> Syn
     """
     with collect_decode_problems() as problems:
         result = analyse_video(path, model, **options)
-    result.warnings = problems.messages(path, result.duration_s)
+    result.warnings = problems.messages(path, stream_ends(path))
     return result
 
 

@@ -105,11 +105,13 @@ class DecodeReport:
     decoded_end: dict[tuple[str, str], float] = field(default_factory=dict)
     """End time (s) of what decoded, for streams read to their end."""
 
-    def messages(self, path: str | os.PathLike, duration_s: float | None = None) -> list[str]:
-        """One line per problem of ``path``; with ``duration_s``, also streams that decoded much shorter."""
+    def messages(self, path: str | os.PathLike, expected_end_s: dict[str, float] | None = None) -> list[str]:
+        """One line per problem of ``path``; with ``expected_end_s`` (per stream kind, e.g. `stream_ends`), also
+        the streams that decoded to much less than that."""
         out = []
         for kind in ("video", "audio"):
             key = (str(path), kind)
+            duration_s = (expected_end_s or {}).get(kind)
             at, reason = self.first.get(key, (None, ""))
             where = f" (first at {at:.2f} s: {reason})" if at is not None else f" ({reason})" if reason else ""
             if self.errors.get(key):
@@ -129,7 +131,7 @@ class DecodeReport:
                 and duration_s - end >= SHORT_SPAN_MIN_S
             ):
                 out.append(
-                    f"{kind}: only {end:.2f} s of the file's {duration_s:.2f} s decoded; the file looks truncated "
+                    f"{kind}: only {end:.2f} s of the stream's {duration_s:.2f} s decoded; the file looks truncated "
                     "or damaged, and the rest was not analysed"
                 )
         return out
@@ -151,6 +153,25 @@ def collect_decode_problems() -> Iterator[DecodeReport]:
         yield report
     finally:
         _REPORT.reset(token)
+
+
+def stream_ends(path: str | os.PathLike) -> dict[str, float]:
+    """End (s on the container timeline) of the first video and audio stream as the headers give it (the
+    container's duration for a stream that states none): what a complete decode reaches."""
+    with open_media(path) as container:
+        origin = container_origin(container)
+        total = container.duration / av.time_base if container.duration else None
+        out: dict[str, float] = {}
+        for kind, streams in (("video", container.streams.video), ("audio", container.streams.audio)):
+            if not streams:
+                continue
+            s = streams[0]
+            if s.duration is not None and s.time_base is not None:
+                start = stream_start(s, origin)
+                out[kind] = float(start - origin + Fraction(int(s.duration)) * Fraction(s.time_base))
+            elif total:
+                out[kind] = float(total)
+        return out
 
 
 def active_report() -> DecodeReport | None:
