@@ -143,9 +143,8 @@ def fix_video(
                 f"cannot write {dst}: {exc.strerror or 'no space left on device'}; free some space or choose "
                 "another -o (nothing was written)"
             ) from None
-        if isinstance(exc, av.error.FFmpegError):
-            raise UserError(f"cannot write {dst} ({_one_line(exc)}); try an .mkv output") from None
-        raise
+        hint = "try an .mkv output" if isinstance(exc, av.error.FFmpegError) else "check the -o path"
+        raise UserError(f"cannot write {dst} ({_one_line(exc)}); {hint} (nothing was written)") from None
     n = int(round(offset_frames)) if float(offset_frames).is_integer() else float(offset_frames)
     return FixResult(str(dst), n, shift, sr, float(fps), codec, n_packets, float(offset_ms))
 
