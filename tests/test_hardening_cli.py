@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 
 import av
@@ -144,8 +145,6 @@ def run_unprivileged(argv: list[str]) -> tuple[int, str]:
                 os.setuid(NOBODY)
             code = main(argv)
         except BaseException:  # noqa: BLE001 - report anything to the parent as a traceback
-            import traceback
-
             traceback.print_exc()
         finally:
             sys.stderr.flush()
@@ -160,8 +159,18 @@ def run_unprivileged(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture
 def unprivileged(shared_dir):
     """(run, shared_dir, read-only folder) for permission tests; skips where no unprivileged user can be had."""
-    if os.geteuid() == 0 and not hasattr(os, "setuid"):
-        pytest.skip("running as root on a system without setuid: permissions cannot be tested")
+    if os.geteuid() == 0:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            finally:
+                os._exit(0 if os.geteuid() == NOBODY else 1)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            pytest.skip("running as root and cannot switch to user nobody here: root ignores file permissions")
     return run_unprivileged, shared_dir, read_only_folder(shared_dir)
 
 
