@@ -22,6 +22,7 @@ from mtdistill.models.presets import frames_to_input, windows_to_video
 RESULT_KEYS = {
     "video", "duration_s", "fps", "source_fps", "n_frames", "model", "preset", "stride", "vshift",
     "min_confidence", "tracks", "timing", "sign_convention", "schema",
+    "warnings",
 }  # fmt: skip
 TRACK_KEYS = {
     "track", "start_frame", "end_frame", "n_windows", "offset_frames", "offset_ms", "confidence", "verdict",

@@ -101,8 +101,9 @@ def test_score_a_folder_of_real_clips(trained_ckpt, tmp_path, capsys) -> None:
 def test_fix_a_real_44k_stereo_clip_moves_its_audio_and_copies_its_video(tmp_path) -> None:
     clip = real("videoretalking_face_4.mp4")
     out = tmp_path / "fixed.mp4"
-    # a 30 fps clip: 3 frames of its own are 1,600 samples at 16 kHz; 3 of sync's 25 fps frames are 1,920
-    for fps, shift in ((None, 1600), (25, 1920)):
+    # a 30 fps clip: --offset counts sync's 25 fps frames, 3 of them are 1,920 samples at 16 kHz; with --fps 30
+    # it counts the clip's own frames, 3 of them are 1,600
+    for fps, shift in ((None, 1920), (30, 1600)):
         args = ["fix", str(clip), "-o", str(out), "--offset", "3"] + (["--fps", str(fps)] if fps else [])
         assert main(args) == 0
         assert video_packets(out) == video_packets(clip)

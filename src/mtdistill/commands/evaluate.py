@@ -54,9 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mtdistill.core.quirks import parse_assignment
+
+    changes = dict(parse_assignment(text) for text in args.quirks)  # bad names: one line, before any work
+    from mtdistill.core.outputs import check_output_folder
+    from mtdistill.data.store import open_store
+
+    if args.max_utterances is not None and args.max_utterances < 1:
+        raise UserError(f"--max-utterances must be >= 1 (or left out for all), got {args.max_utterances}")
+    if args.out:
+        check_output_folder(args.out, "--out")
+    with open_store(args.data) as store:  # damaged shards are named now, not after the model has loaded
+        store.check_shards(store.ids(args.split) + ([] if args.no_val_f1 else store.ids("val")))
     from mtdistill.evaluation.store_eval import evaluate_to_folder
 
-    changes = dict(parse_assignment(text) for text in args.quirks)
     results = evaluate_to_folder(
         args.checkpoint, args.data, split=args.split, preset=args.preset, lengths=parse_lengths(args.lengths),
         official_edges=not args.fixed_edges, max_utterances=args.max_utterances, device=args.device,

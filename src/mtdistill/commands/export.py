@@ -17,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="input preset stored in the ONNX metadata (needed for official files)",
     )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--opset", type=int, default=17, help="ONNX opset (default 17; the installed torch sets the range, 14..20 here)"
+    )
     parser.add_argument("--int8", action="store_true", help="also write dynamically quantised *_int8.onnx graphs")
     parser.add_argument(
         "--int8-convs",
@@ -28,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtdistill.inference.onnx_export import QUANT_OP_TYPES, export_onnx
+    from mtdistill.inference.onnx_export import QUANT_OP_TYPES, check_export, export_onnx
     from mtdistill.models.vocalist import VocaLiST
 
+    check_export(args.output, args.opset)
     model = VocaLiST.from_checkpoint(args.checkpoint, preset=args.preset)
     ops = QUANT_OP_TYPES + (("Conv",) if args.int8_convs else ())
     paths = export_onnx(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from mtdistill.core.errors import UserError
@@ -54,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="scan whole frames at least every N frames; in between, search only near the faces already found "
         "(default 25; 0 scans every detection frame whole, see docs/media.md)",
     )
-    g.add_argument("--device", default=None, help="torch device (cpu, cuda, ...); default cpu")
+    g.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N, mps or auto")
     g.add_argument(
         "--bf16",
         action="store_true",
@@ -63,10 +64,37 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_model_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad model options before any work (shared by sync, score and fix): one line, exit 2.
+
+    Checks the values (--stride, --vshift, --min-confidence, --detect-every, --rescan-every), resolves
+    --device (unknown names, absent hardware) in place, and checks that --detector names a detector class
+    without building it.
+    """
+    from mtdistill.core.devices import pick_device
+    from mtdistill.media.detectors import detector_class
+
+    if args.stride < 1:
+        raise UserError(f"--stride must be >= 1 (1 scores every window, 5 every fifth), got {args.stride}")
+    if not 1 <= args.vshift <= 50:
+        raise UserError(f"--vshift must be between 1 and 50 frames, got {args.vshift}")
+    if args.min_confidence is not None and not math.isfinite(args.min_confidence):
+        raise UserError(f"--min-confidence must be a finite number (e.g. 1.8), got {args.min_confidence}")
+    if args.detect_every is not None and args.detect_every < 1:
+        raise UserError(f"--detect-every must be >= 1 (1 = detect on every frame), got {args.detect_every}")
+    if args.rescan_every < 0:
+        raise UserError(f"--rescan-every must be >= 0 (0 = scan every detection frame whole), got {args.rescan_every}")
+    if args.device is not None:
+        args.device = pick_device(args.device)
+    detector_class(args.detector)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", help="video file (any container / codec / frame rate)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--plot", default=None, help="write a PNG of the score curve and per-window offsets")
+    parser.add_argument(
+        "--plot", default=None, help="write a PNG of the score curve and per-window offsets (path checked first)"
+    )
     add_model_arguments(parser)
 
 
@@ -94,9 +122,16 @@ def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mtdistill.core.outputs import check_output_file
+
     if not Path(args.video).is_file():  # say so before asking for a checkpoint
         raise UserError(f"video {args.video} not found; give the path of a video file")
+    check_model_arguments(args)
+    if args.plot:
+        check_output_file(args.plot, "--plot")
     result = sync_from_args(args, args.video)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.plot:
         from mtdistill.inference.plot import plot_sync
 

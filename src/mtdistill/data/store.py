@@ -211,9 +211,39 @@ class Store:
         self._check_pid()
         f = self._files.get(shard)
         if f is None:
-            f = h5py.File(self.root / "shards" / self.shards[shard]["file"], "r")
+            path = self.shard_path(shard)
+            try:
+                f = h5py.File(path, "r")
+            except FileNotFoundError:
+                raise UserError(f"shard {path} is missing; rerun `mtdistill prepare` to rebuild the store") from None
+            except OSError as exc:  # truncated, or not HDF5 at all
+                raise damaged_shard(path, exc) from None
             self._files[shard] = f
         return f
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / "shards" / self.shards[shard]["file"]
+
+    def check_shards(self, uids: Iterable[str] | None = None) -> None:
+        """Open every shard holding ``uids`` (all by default) and find each utterance's data in it; a missing,
+        truncated or corrupt shard raises a UserError that names it. Cheap: no frame or audio is read."""
+        wanted = self._entries if uids is None else {u: self._entries[u] for u in uids if u in self._entries}
+        by_shard: dict[int, list[dict]] = {}
+        for e in wanted.values():
+            by_shard.setdefault(e["shard"], []).append(e)
+        for shard, entries in sorted(by_shard.items()):
+            f = self._file(shard)
+            size = self.shard_path(shard).stat().st_size
+            for e in entries:
+                try:
+                    g = f["u"][e["key"]]
+                    for name in ("frames", "audio", "valid"):
+                        ds = g[name]
+                        offset = ds.id.get_offset()
+                        if offset is not None and offset + ds.id.get_storage_size() > size:
+                            raise OSError(f"dataset {name} of {e['key']} ends beyond the end of the file")
+                except (KeyError, OSError, RuntimeError, ValueError) as exc:
+                    raise damaged_shard(self.shard_path(shard), exc) from None
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's HDF5 handles must not be used here
@@ -274,7 +304,11 @@ class Store:
         e = self._entries.get(uid)
         if e is None:
             raise KeyError(f"{uid!r} is not in the store {self.root}")
-        return self._file(e["shard"])["u"][e["key"]]
+        f = self._file(e["shard"])
+        try:
+            return f["u"][e["key"]]
+        except (KeyError, OSError, RuntimeError) as exc:  # the index names data the shard does not hold intact
+            raise damaged_shard(self.shard_path(e["shard"]), exc) from None
 
     def _arrays(self, uid: str) -> tuple[np.ndarray | h5py.Dataset, np.ndarray | h5py.Dataset]:
         """(frames, audio) of an utterance: read-only views of the memory-mapped shard for contiguous datasets,
@@ -287,8 +321,11 @@ class Store:
         shard = self._entries[uid]["shard"]
         out = []
         for name in ("frames", "audio"):
-            ds = g[name]
-            offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+            try:
+                ds = g[name]
+                offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
+            except (KeyError, OSError, RuntimeError) as exc:
+                raise damaged_shard(self.shard_path(shard), exc) from None
             if offset is None or ds.size == 0:
                 out.append(ds)
                 continue
@@ -323,6 +360,15 @@ class Store:
             if digest != self._entries[uid]["sha256"]:
                 bad.append(uid)
         return bad
+
+
+def damaged_shard(path: Path, exc: BaseException) -> UserError:
+    """The one-line error for a shard that cannot be read as the index describes it."""
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return UserError(
+        f"shard {path} is damaged (truncated or corrupt: {reason}); restore it, or rerun `mtdistill prepare` "
+        "into a new folder"
+    )
 
 
 def open_store(path: str | Path) -> Store:

@@ -23,10 +23,13 @@ import torch
 from torch import nn
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.outputs import check_output_file
 from mtdistill.core.safeio import atomic_path
 
 SPLIT_SUFFIXES = ("_video", "_audio", "_backend")
 DEFAULT_OPSET = 17
+MIN_OPSET = 14
+"""Lowest opset the VocaLiST graphs export with (scaled_dot_product / layer norm need 14 with this exporter)."""
 QUANT_OP_TYPES = ("MatMul", "Gemm")
 """Ops that int8 dynamic quantisation touches by default: the transformer and head matmuls. The conv front-ends
 stay fp32 because the sync logit is a small difference between large activations (see docs/sync.md, int8)."""
@@ -109,6 +112,34 @@ def _export_one(
     return path
 
 
+def supported_opsets() -> range:
+    """Opsets the installed torch (TorchScript exporter) and onnx can both write for these models."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants
+
+        top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):  # a torch without the private table: trust the default only
+        top = DEFAULT_OPSET
+    return range(MIN_OPSET, min(top, onnx.defs.onnx_opset_version()) + 1)
+
+
+def check_export(path: str | Path, opset: int) -> Path:
+    """Refuse, before the model is even loaded, an output path or opset that `export_onnx` cannot write."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise UserError(f"output {path} must end in .onnx; e.g. -o model.onnx")
+    check_output_file(path, "-o")
+    ok = supported_opsets()
+    if opset not in ok:
+        raise UserError(
+            f"--opset {opset} is not supported here: torch {torch.__version__} with this onnx exports these models "
+            f"at opsets {ok.start}..{ok.stop - 1} (default {DEFAULT_OPSET})"
+        )
+    return path
+
+
 @torch.inference_mode()
 def export_onnx(
     model: nn.Module,
@@ -122,9 +153,7 @@ def export_onnx(
 
     Returns every written path. The model is put in eval mode (BatchNorm running stats, no dropout).
     """
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise UserError(f"output {path} must end in .onnx; e.g. -o model.onnx")
+    path = check_export(path, opset)
     was_training = model.training
     model = model.eval().cpu()
     try:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mtdistill.core.outputs import check_output_file
 from mtdistill.core.safeio import atomic_path
 
 
 def plot_sync(result, path: str | os.PathLike) -> Path:
     """Two panels: score vs candidate offset (best marked), and offset of each scored window vs time."""
+    path = check_output_file(path, "--plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,7 +38,6 @@ def plot_sync(result, path: str | os.PathLike) -> Path:
     ax_time.set_ylim(-result.vshift - 1, result.vshift + 1)
     ax_time.set_title(f"per-window offsets (stride {result.stride})", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -80,6 +80,9 @@ class SyncResult:
     timing: dict[str, float] = field(default_factory=dict)
     sign_convention: str = SIGN_CONVENTION
     schema: str = "mtdistill-sync/1"
+    warnings: list[str] = field(default_factory=list)
+    """Damage met while reading the file (undecodable packets, a stream that ended early, a decoded span much
+    shorter than the file): the numbers cover only what decoded. Empty for a clean file."""
 
     def main_track(self) -> TrackResult | None:
         """The track with the most scored windows (the main speaker in a single-speaker video)."""

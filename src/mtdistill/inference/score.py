@@ -55,6 +55,7 @@ COLUMNS = (
     "duration_s",
     "model",
     "error",
+    "warnings",
 )
 
 
@@ -139,6 +140,7 @@ def _score_one(video: str) -> list[dict]:
             "duration_s": round(res.duration_s, 3),
             "model": res.model,
             "error": "",
+            "warnings": "; ".join(res.warnings),
         }
         for t in res.tracks
     ]

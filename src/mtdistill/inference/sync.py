@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_wi
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
 from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
 from mtdistill.media.audio import load_audio
+from mtdistill.media.decode import collect_decode_problems, stream_ends
 from mtdistill.media.frames import probe
 from mtdistill.media.tracking import iter_mouth_crops, track_faces
 from mtdistill.models.presets import check_preset, frames_to_input, windows_to_video
@@ -158,7 +160,19 @@ def _model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-def sync_video(
+def sync_video(path: str | os.PathLike, model: nn.Module, **options: Any) -> SyncResult:
+    """Estimate the audio-visual offset of every face track in ``path`` (options: `analyse_video`).
+
+    Damage met while reading the file (packets that fail to decode, a stream cut short) is listed in the
+    result's ``warnings``; the numbers then cover only what decoded.
+    """
+    with collect_decode_problems() as problems:
+        result = analyse_video(path, model, **options)
+    result.warnings = problems.messages(path, stream_ends(path))
+    return result
+
+
+def analyse_video(
     path: str | os.PathLike,
     model: nn.Module,
     *,

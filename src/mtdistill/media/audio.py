@@ -27,7 +27,14 @@ import torch
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import Quirks
 from mtdistill.core.timing import MEL_HOP, MEL_WINDOW, SAMPLE_RATE, WINDOW_SAMPLES, mel_window_start
-from mtdistill.media.decode import container_origin, decode_error, open_media, stream_start
+from mtdistill.media.decode import (
+    container_origin,
+    decode_error,
+    note_decode_error,
+    note_decoded_end,
+    open_media,
+    stream_start,
+)
 
 N_FFT = 800
 WIN = 800
@@ -81,7 +88,8 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         except av.error.FFmpegError as exc:
             if not pieces:
                 raise decode_error(path, exc) from None
-            # a truncated tail: keep what decoded (documented in docs/media.md)
+            # a truncated tail: keep what decoded (documented in docs/media.md), and say so to the active report
+            note_decode_error(path, "audio", exc, sum(len(x) for x in pieces) / max(native_rate, 1), stopped=True)
         if not pieces or native_rate <= 0:
             raise UserError(f"{path}: the audio stream holds no decodable samples; check the file")
         wave = np.concatenate(pieces)
@@ -92,6 +100,7 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
         wave = np.concatenate([np.zeros(lead, np.float32), wave])
     elif lead < 0:
         wave = wave[-lead:]
+    note_decoded_end(path, "audio", len(wave) / native_rate)
     return resample(wave, native_rate, sr)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 import warnings
 from abc import ABC, abstractmethod
@@ -265,15 +266,37 @@ def get_detector(spec: str | FaceDetector = "haar") -> FaceDetector:
         raise UserError(f"detector must be a name or an object with detect(rgb), got {type(spec).__name__}")
     if spec in DETECTORS:
         return DETECTORS[spec]()
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-            cls = getattr(module, attr)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"cannot import detector {spec!r} ({exc}); give 'package.module:Class'") from None
+    cls = detector_class(spec)
+    try:
         detector = cls()
-        if not callable(getattr(detector, "detect", None)):
-            raise UserError(f"detector {spec!r} has no detect(rgb) method returning (K, 5) boxes")
-        return detector
-    raise UserError(f"unknown detector {spec!r}; choose one of {sorted(DETECTORS)} or 'package.module:Class'")
+    except Exception as exc:  # noqa: BLE001 - a plug-in may fail in any way; say which one and why
+        reason = f"{type(exc).__name__}: {exc}"
+        raise UserError(f"cannot build detector {spec!r} ({reason}); it must take no arguments") from None
+    return detector
+
+
+def detector_class(spec: str) -> type | Callable[[], FaceDetector]:
+    """The class a detector name or "package.module:Class" names, checked but not instantiated.
+
+    A plug-in must be a class that implements the interface: a `FaceDetector` subclass, or any class with a
+    ``detect(rgb)`` method. Nothing else the path names (a function such as ``os:system``, a module, a value)
+    is ever called.
+    """
+    if spec in DETECTORS:
+        return DETECTORS[spec]
+    if ":" not in spec:
+        raise UserError(f"unknown detector {spec!r}; choose one of {sorted(DETECTORS)} or 'package.module:Class'")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UserError(f"cannot import detector {spec!r} ({exc}); give 'package.module:Class'") from None
+    if not inspect.isclass(cls):
+        raise UserError(
+            f"detector {spec!r} is a {type(cls).__name__}, not a detector class; give a class with a "
+            "detect(rgb) -> (K, 5) method (see docs/media.md)"
+        )
+    if not issubclass(cls, FaceDetector) and not callable(getattr(cls, "detect", None)):
+        raise UserError(f"detector {spec!r} has no detect(rgb) method returning (K, 5) boxes; see docs/media.md")
+    return cls

@@ -14,7 +14,15 @@ import numpy as np
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS
-from mtdistill.media.decode import check_media_path, container_origin, decode_error, open_media, stream_start
+from mtdistill.media.decode import (
+    check_media_path,
+    container_origin,
+    decode_error,
+    note_decode_error,
+    note_decoded_end,
+    open_media,
+    stream_start,
+)
 
 MAX_WIDTH = 1920
 """Frames wider than this are downscaled while decoding (4K input): detection and 96x96 crops need no more."""
@@ -137,8 +145,10 @@ def iter_frames(
     ``want(k) -> False`` yields (k, None) instead of a picture: the frame is never converted to RGB, which is
     most of the per-frame cost of large videos (e.g. face detection on every 5th frame only).
 
-    Raises UserError when the file has no video stream or no frame decodes; a stream that breaks after some
-    frames (truncated file) ends there.
+    Raises UserError when the file has no video stream or no frame decodes. A packet that fails to decode in the
+    middle of a file is skipped (the previous picture is held over its time) and a stream that breaks after some
+    frames (truncated file) ends there; both are noted in the active `DecodeReport`
+    (`mtdistill.media.decode.collect_decode_problems`), with how far the stream decoded.
     """
     if fps <= 0:
         raise UserError(f"fps must be positive, got {fps}")
@@ -157,18 +167,7 @@ def iter_frames(
         k = 0
         held: av.VideoFrame | None = None  # converted to RGB only when shown: skipped frames cost no conversion
         held_end = Fraction(0)
-        decoded = 0
-        frames = container.decode(stream)
-        while True:
-            try:
-                frame = next(frames)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                if decoded == 0:
-                    raise decode_error(path, exc) from None
-                break  # truncated tail: keep what decoded
-            decoded += 1
+        for decoded, frame in enumerate(_decoded_frames(container, stream, path, origin), start=1):
             if frame.pts is not None and frame.time_base is not None:
                 t = Fraction(frame.pts) * Fraction(frame.time_base) - origin
             else:  # no timestamps: assume constant rate
@@ -189,7 +188,47 @@ def iter_frames(
             held_end = max(held_end, t + duration)
         if held is None:
             raise UserError(f"{path}: the video stream holds no decodable frames; check the file")
+        note_decoded_end(path, "video", float(held_end))
         yield from _show(held, range(k, max(k, math.ceil(held_end * step))), want, width, height, turns)
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, path: str | os.PathLike, origin: Fraction
+) -> Iterator[av.VideoFrame]:
+    """Every frame of ``stream`` that decodes, packet by packet.
+
+    A packet that fails to decode (damage in the middle of a file) is skipped and noted in the active
+    `DecodeReport` (`mtdistill.media.decode.collect_decode_problems`); the frames after it still come, at their
+    own timestamps, so nothing shifts. A demuxer failure ends the stream there (also noted). If nothing decodes at
+    all, the first error is raised as a UserError.
+    """
+    decoded = 0
+    first_error: Exception | None = None
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError as exc:
+            if decoded == 0:
+                raise decode_error(path, exc) from None
+            note_decode_error(path, "video", exc, None, stopped=True)
+            break  # truncated or broken container: keep what decoded
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            first_error = first_error or exc
+            at = None
+            if packet.pts is not None and packet.time_base is not None:
+                at = float(Fraction(packet.pts) * Fraction(packet.time_base) - origin)
+            note_decode_error(path, "video", exc, at)
+            continue
+        for frame in frames:
+            decoded += 1
+            yield frame
+    if decoded == 0 and first_error is not None:
+        raise decode_error(path, first_error)
 
 
 def _show(
