@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from mtdistill.commands.sync import check_model_arguments
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
 
+    check_model_arguments(args)
     spec = ModelSpec(
         checkpoint=args.checkpoint,
         preset=args.preset,
