@@ -45,7 +45,9 @@ MULT_SCHEMA: dict[str, Any] = {
     "configuration": _k(*_INT, default=5, choices=(1, 2, 3, 4, 5)),  # student-teacher configuration (4.2)
     "edam_s": _k(bool, default=True),  # student proxies take the teacher's stream lengths
     "model": OPEN,  # MulTConfig fields (teacher) or StudentConfig fields (student)
-    "teacher": {"run": _k(str), "checkpoint": _k(str)},
+    # run: a teacher run folder; checkpoint: a MulT file (ours, or an official pickle / state_dict, docs/mult.md);
+    # heads: the head count an official state_dict does not record
+    "teacher": {"run": _k(str), "checkpoint": _k(str), "heads": _k(*_INT)},
     "data": {
         "pickle": _k(str, required=True),
         "batch_size": _k(*_INT, default=64),
@@ -237,7 +239,10 @@ def build_teacher(cfg: dict[str, Any]) -> MulT | None:
     src = t.get("run") or t.get("checkpoint")
     if src is None:
         return None
-    model = load_mult_checkpoint(resolve_model_file(src))
+    if t.get("run") is None and Path(src).is_file():
+        model: nn.Module = MulT.from_checkpoint(src, heads=t.get("heads"))
+    else:
+        model = load_mult_checkpoint(resolve_model_file(src))
     if not isinstance(model, MulT):
         raise UserError(f"teacher {src} is a student checkpoint; point teacher.run at a MulT teacher run")
     want = configuration(cfg["configuration"]).teacher_mode
