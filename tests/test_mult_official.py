@@ -405,7 +405,7 @@ def test_not_a_mult_file(tmp_path):
     torch.save({"x": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a MulT"):
         MulT.from_checkpoint(tmp_path / "other.pt")
-    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"junk")
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2], protocol=2) + b"junk")
     with pytest.raises(UserError):
         MulT.from_checkpoint(tmp_path / "junk.pt")
 

@@ -50,6 +50,11 @@ class Quirks:
     train_chunk_drop_last_frame: bool = True
     """A 3,200-sample training chunk gives 17 STFT frames; the 17th is dropped (spec 3.2)."""
 
+    syncnet_jpeg_roundtrip: bool = True
+    """SyncNet (`sync --model syncnet`) reads its inputs as syncnet_python's evaluate() does: every face crop
+    goes through ffmpeg's default image2 JPEG (mjpeg encoder defaults) and back through OpenCV, and the audio
+    is rounded to int16 samples. False: lossless crops and float audio (LSE differs by up to ~5e-2 relative)."""
+
     @classmethod
     def clean(cls) -> Quirks:
         """Every quirk off: the behaviour the papers describe."""
