@@ -1,21 +1,18 @@
 """SyncNet inputs as syncnet_python's evaluate() reads them (JPEG round trip, int16 audio), and LSE against it.
 
 The reference tests are optional: they need a system ``ffmpeg`` (what syncnet_python runs) and, for the LSE
-comparison, the ``syncnet-python`` package from PyPI (MIT; ``pip install --no-deps syncnet-python
-python-speech-features``: only its SyncNetInstance / SyncNetModel files are loaded, by path) and the real clip
-of ../shared/realvideos. They skip when any is missing. The weights are random, saved in the
-``syncnet_v2.model`` format (a plain dict of tensors, legacy serialisation).
+comparison (benchmarks/syncnet_reference.py), the ``syncnet-python`` package from PyPI (MIT; ``pip install
+--no-deps syncnet-python python-speech-features``) and the real clip of ../shared/realvideos. They skip when any
+is missing. The weights are random, saved in the ``syncnet_v2.model`` format (a plain dict of tensors, legacy
+serialisation).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import importlib.util
-import io
 import shutil
 import subprocess
-import types
 from pathlib import Path
 
 import av
@@ -26,9 +23,8 @@ import torch
 
 from mtdistill.core.quirks import Quirks
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
-from mtdistill.media.audio import load_audio
 from mtdistill.media.testmedia import face_frame_fn, tone, write_video
-from mtdistill.models.syncnet import JpegRoundTrip, SyncNet, full_range_yuv420p, int16_samples, mfcc, mfcc_windows
+from mtdistill.models.syncnet import JpegRoundTrip, SyncNet, full_range_yuv420p, int16_samples, mfcc
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "realvideos" / "pcavs_Audio_Source_00015.mp4"
 FFMPEG = shutil.which("ffmpeg")
@@ -111,64 +107,24 @@ def test_frames_equal_ffmpeg_image2_jpegs_read_by_opencv(clip, tmp_path):
 
 
 # ------------------------------------------------------------------ LSE against syncnet-python (optional)
-def _reference_modules():
-    spec = importlib.util.find_spec("syncnet_python")
-    if spec is None or importlib.util.find_spec("python_speech_features") is None:
-        pytest.skip("syncnet-python / python-speech-features not installed (pip install --no-deps ...)")
-    loc = Path(spec.submodule_search_locations[0])
-    mods = []
-    for name in ("SyncNetModel", "SyncNetInstance"):  # by path: the package __init__ pulls in its whole pipeline
-        s = importlib.util.spec_from_file_location(f"reference_{name}", loc / f"{name}.py")
-        m = importlib.util.module_from_spec(s)
-        s.loader.exec_module(m)
-        mods.append(m)
-    return mods
-
-
-def _random_weights(path: Path, clip: Path) -> Path:
-    """Random SyncNet weights in the syncnet_v2.model format; BatchNorm statistics measured on the clip and one
-    bias shared by both embeddings, so the distance curve has a real minimum (not the zero-padded edges)."""
-    torch.manual_seed(0)
-    net = SyncNet()
-    with av.open(str(clip)) as c:
-        frames = np.stack([f.to_ndarray(format="bgr24") for _, f in zip(range(30), c.decode(video=0), strict=False)])
-    x = torch.from_numpy(frames).float().permute(3, 0, 1, 2)[None]
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-            m.reset_running_stats()
-    with torch.no_grad():
-        net.train()
-        net.forward_lip(torch.cat([x[:, :, i : i + 5] for i in range(0, 25, 2)]))
-        net.forward_aud(mfcc_windows(mfcc(load_audio(clip)), np.arange(40)))
-        net.eval()
-        bias = 0.8 * torch.randn(1024)
-        net.netfclip[3].bias += bias
-        net.netfcaud[3].bias += bias
-    torch.save(dict(net.state_dict()), path, _use_new_zipfile_serialization=False)
-    return path
+def _benchmark():
+    """benchmarks/syncnet_reference.py (the measurement docs/sync.md reports), loaded by path."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "syncnet_reference.py"
+    spec = importlib.util.spec_from_file_location("syncnet_reference_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @needs_ffmpeg
 @pytest.mark.skipif(not REAL_CLIP.is_file(), reason="the real clips of ../shared/realvideos are absent")
 def test_lse_equals_syncnet_python_evaluate(tmp_path):
-    model_mod, instance_mod = _reference_modules()
+    bench = _benchmark()
+    if bench.reference_modules() is None:
+        pytest.skip("syncnet-python / python-speech-features not installed (pip install --no-deps ...)")
     clip = tmp_path / "crop.mp4"  # the first 3 s of a real 224x224 face-crop clip
     subprocess.run([FFMPEG, "-v", "error", "-i", str(REAL_CLIP), "-t", "3", "-c", "copy", str(clip)], check=True)
-    weights = _random_weights(tmp_path / "syncnet_v2.model", clip)
-    work = tmp_path / "ref"
-    work.mkdir()
-    subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(clip), "-threads", "1", "-f", "image2", f"{work}/%06d.jpg"])
-    subprocess.run(
-        [FFMPEG, "-v", "error", "-y", "-i", str(clip), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le"]
-        + ["-ar", "16000", str(work / "audio.wav")],
-        check=True,
-    )
-    reference = instance_mod.SyncNetInstance(model_mod.S(), device="cpu")
-    reference.loadParameters(str(weights))
-    with contextlib.redirect_stdout(io.StringIO()):
-        offset, conf, dist = reference.evaluate(types.SimpleNamespace(tmp_dir=str(work), batch_size=20, vshift=15))
-    ours = sync_video_syncnet(clip, SyncNet.from_checkpoint(weights), detector="none").tracks[0]
-    assert ours.offset_frames == offset
-    assert abs(ours.lse_c - conf) / abs(conf) < 5e-3, (ours.lse_c, conf)
-    assert abs(ours.lse_d - dist) / abs(dist) < 5e-3, (ours.lse_d, dist)
+    (row,) = bench.compare([clip])
+    ref, ours = row["reference"], row["default"]
+    assert ours["offset"] == ref["offset"]
+    assert ours["rel_c"] < 5e-3 and ours["rel_d"] < 5e-3, row

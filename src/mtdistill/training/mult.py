@@ -236,10 +236,10 @@ class MultLightningModule(ResumableStateMixin, pl.LightningModule):
 # ---- building a run ----
 def build_teacher(cfg: dict[str, Any]) -> MulT | None:
     t = cfg["teacher"]
-    src = t.get("run") or t.get("checkpoint")
+    src = t.get("checkpoint") or t.get("run")  # an explicit file wins over the recipe's teacher run
     if src is None:
         return None
-    if t.get("run") is None and Path(src).is_file():
+    if t.get("checkpoint") and Path(src).is_file():
         model: nn.Module = MulT.from_checkpoint(src, heads=t.get("heads"))
     else:
         model = load_mult_checkpoint(resolve_model_file(src))
