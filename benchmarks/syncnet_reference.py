@@ -64,7 +64,7 @@ def random_weights(path: Path, clip: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         net.train()
         net.forward_lip(torch.cat([x[:, :, i : i + 5] for i in range(0, 25, 2)]))
-        net.forward_aud(mfcc_windows(mfcc(load_audio(clip)), np.arange(40)))
+        net.forward_aud(mfcc_windows(mfcc(load_audio(clip), int16=True), np.arange(40)))
         net.eval()
         bias = 0.8 * torch.randn(1024)
         net.netfclip[3].bias += bias

@@ -154,13 +154,13 @@ def int16_samples(wave: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(wave, dtype=np.float64) * 32768.0), -32768.0, 32767.0)
 
 
-def mfcc(wave_16k: np.ndarray, sr: int = SAMPLE_RATE, int16: bool = True) -> np.ndarray:
+def mfcc(wave_16k: np.ndarray, sr: int = SAMPLE_RATE, int16: bool = False) -> np.ndarray:
     """13 MFCCs at 100 Hz, shape (13, F), with the recipe syncnet_python feeds its net.
 
     25 ms rectangular frames every 10 ms (zero-padded tail), pre-emphasis 0.97, 512-point power spectrum / 512,
     26 triangular mel filters, log, orthonormal DCT-II, lifter 22, coefficient 0 replaced by log frame energy.
     The waveform is scaled to int16 units because syncnet_python reads the wav with scipy (int16 samples);
-    ``int16`` also rounds them as that wav does (`int16_samples`; False keeps the float values).
+    ``int16`` also rounds (and clips) them as that wav does (`int16_samples`; what `sync --model syncnet` does).
     """
     from scipy.fft import dct
 
