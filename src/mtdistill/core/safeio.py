@@ -86,6 +86,7 @@ class InertObject:
     """
 
     pickled_as: tuple[str, str] = ("", "")
+    dump_patches = False  # legacy torch files compare saved class sources; never write .patch files for them
 
     def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
         return object.__new__(cls)
@@ -117,7 +118,8 @@ _RESERVED |= {"__setstate__", "__setitem__", "__dict__", "__class__"}
 @functools.lru_cache(maxsize=4096)
 def _placeholder(module: str, name: str) -> type[InertObject]:
     """The placeholder class for the pickled global ``module.name`` (a plain class; nothing is imported)."""
-    return type("Inert_" + re.sub(r"\W", "_", name)[:80], (InertObject,), {"pickled_as": (module, name)})
+    attrs = {"pickled_as": (module, name), "__module__": "mtdistill_inert"}  # no source anywhere to look up
+    return type("Inert_" + re.sub(r"\W", "_", name)[:80], (InertObject,), attrs)
 
 
 _ALLOWED = {
