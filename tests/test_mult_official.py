@@ -248,6 +248,24 @@ class Payload:  # what an attacker would add to a model
         return (self.fn, self.args)
 
 
+# torch <= 1.x pickled every module's `_backend` as a call to this function: the same global, as old files have
+thnn = types.ModuleType("torch.nn.backends.thnn")
+
+
+def _get_thnn_function_backend():
+    return None
+
+
+_get_thnn_function_backend.__module__ = thnn.__name__
+thnn._get_thnn_function_backend = _get_thnn_function_backend
+sys.modules[thnn.__name__] = thnn
+
+
+class OldBackend:
+    def __reduce__(self):
+        return (thnn._get_thnn_function_backend, ())
+
+
 def save_tagged(obj, path, tag, **kw):
     """torch.save with every storage tagged `tag` (what a GPU run writes), on this CPU-only machine."""
     entry = (-1, lambda storage: tag, lambda storage, location: None)
@@ -268,6 +286,8 @@ for i, (name, (dims, d, heads, layers, kernels, out_dim, flags, mask)) in enumer
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))  # every weight random, LayerNorms and biases included
     model.eval()
+    for m in model.modules():
+        m._backend = OldBackend()
     t = {{"text": torch.randn(3, 6, dims[0]), "audio": torch.randn(3, 10, dims[1]),
          "vision": torch.randn(3, 9, dims[2])}}
     for x in t.values():
@@ -322,12 +342,20 @@ def test_the_stand_in_is_not_importable_here():
         __import__("modules.transformer")
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("kind", ["model", "model_legacy", "model_cuda"])
+PICKLES = [(v, "model") for v in VARIANTS] + [
+    ("full", "model_legacy"),
+    ("lonly", "model_legacy"),
+    ("full_k3", "model_cuda"),
+    ("vonly", "model_cuda"),
+]
+
+
+@pytest.mark.parametrize(("variant", "kind"), PICKLES)
 def test_official_whole_model_pickles_load_and_match(official, variant, kind):
     path = official / f"{variant}_{kind}.pt"
     if kind == "model_cuda":  # the file really carries GPU location tags
         assert b"cuda:0" in path.read_bytes()
+    assert b"_get_thnn_function_backend" in path.read_bytes()  # and the old `_backend` calls, never made
     model = MulT.from_checkpoint(path)
     assert not model.training
     dims, d, heads, layers, kernels, out_dim, flags, mask = VARIANTS[variant]
@@ -356,8 +384,10 @@ def test_one_branch_models_drop_the_unused_memory_encoders(official):
     assert any(k.startswith("trans_v_mem.") for k in raw)  # the official model carries them
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-@pytest.mark.parametrize("kind", ["sd", "sd_legacy_cuda"])
+STATE_DICTS = [(v, "sd") for v in VARIANTS] + [("full_k3", "sd_legacy_cuda"), ("lonly", "sd_legacy_cuda")]
+
+
+@pytest.mark.parametrize(("variant", "kind"), STATE_DICTS)
 def test_official_state_dicts_load_with_heads(official, variant, kind):
     path = official / f"{variant}_{kind}.pt"
     heads, mask = VARIANTS[variant][2], VARIANTS[variant][7]
