@@ -11,6 +11,7 @@ compares outputs.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -450,21 +451,14 @@ def test_recipes_and_mult_evaluate_take_an_official_file(official, tmp_path):
     assert isinstance(teacher, MulT) and teacher.config.heads == 2
     res = evaluate_mult_checkpoint(path, data, split="test", out=tmp_path / "eval", latency=False)
     assert res["params"] == teacher.num_parameters() and (tmp_path / "eval" / "results.json").is_file()
-    env = {**os.environ, "PYTHONPATH": ""}
+    # the CLI: an official file is evaluated (one JSON line), then a hostile one stops it with one line, exit 2
+    evil = str(official / "evil_os_system.pt")
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mtdistill",
-            "mult",
-            "evaluate",
-            str(official / "evil_os_system.pt"),
-            "--data",
-            str(data),
-        ],
+        [sys.executable, "-m", "mtdistill", "mult", "evaluate", str(path), evil, "--data", str(data), "--no-latency"],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": ""},
     )
     assert run.returncode == 2 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert json.loads(run.stdout)["params"] == teacher.num_parameters()
     assert not (official.parent / "marker").exists()
