@@ -37,10 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.ckpt")
     p.add_argument("--fresh", action="store_true", help="start over even if the run folder has checkpoints")
 
-    p = sub.add_parser("evaluate", help="metrics of a run's best model (RUN/eval/results.json)")
-    p.add_argument("runs", nargs="+", help="run folders")
+    p = sub.add_parser(
+        "evaluate", help="metrics of a run's best model (RUN/eval/results.json) or of a MulT teacher file"
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders, or MulT teacher files: an official torch.save(model) pickle or state_dict, or ours",
+    )
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    p.add_argument("--data", default=None, help="another pickle than the run's own")
+    p.add_argument("--data", default=None, help="another pickle than the run's own (required with a file)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads of an official state_dict file")
+    p.add_argument("--out", default=None, help="with a file: write results.json/md, per_sample.csv here")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
 
     p = sub.add_parser("report", help="the seed paper's Table 1 from evaluated runs (Markdown, CSV, JSON)")
@@ -89,11 +97,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mtdistill.evaluation.mult.evaluate import evaluate_mult_run
+    from mtdistill.evaluation.mult.evaluate import evaluate_mult_checkpoint, evaluate_mult_run
 
-    for run_dir in args.runs:
-        res = evaluate_mult_run(run_dir, split=args.split, pickle_path=args.data, latency=not args.no_latency)
-        print(json.dumps({"run": str(run_dir), **res["metrics"], "params": res["params"]}))
+    if args.heads is not None and args.heads < 1:
+        raise UserError(f"--heads {args.heads}: must be at least 1")
+    files = [p for p in args.runs if Path(p).is_file()]
+    if files and args.data is None:
+        raise UserError(f"{files[0]} is a checkpoint file; pass the MOSEI pickle to evaluate it on with --data")
+    if args.out and len(files) > 1:
+        raise UserError("--out takes one checkpoint file at a time")
+    for src in args.runs:
+        if Path(src).is_file():
+            res = evaluate_mult_checkpoint(
+                src, args.data, split=args.split, out=args.out, heads=args.heads, latency=not args.no_latency
+            )
+        else:
+            res = evaluate_mult_run(src, split=args.split, pickle_path=args.data, latency=not args.no_latency)
+        print(json.dumps({"run": str(src), **res["metrics"], "params": res["params"]}))
     return 0
 
 

@@ -100,6 +100,11 @@ class Quirks:
         """Every flag name, in declaration order."""
         return [f.name for f in fields(cls)]
 
+    syncnet_jpeg_roundtrip: bool = True
+    """SyncNet (`sync --model syncnet`) reads its inputs as syncnet_python's evaluate() does: every face crop
+    goes through ffmpeg's default image2 JPEG (mjpeg encoder defaults) and back through OpenCV, and the audio
+    is rounded to int16 samples. False: lossless crops and float audio (LSE differs by up to ~5e-2 relative)."""
+
     @classmethod
     def clean(cls) -> Quirks:
         """Every quirk off: the behaviour the papers describe."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
+import functools
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,14 +76,50 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copyfile(src, tmp)
 
 
-class _Inert:
-    """Stands in for any pickled object that is not a tensor or plain container; it keeps no state."""
+class InertObject:
+    """Stands in for a pickled object that is not a tensor or plain container; nothing of it ever runs.
+
+    Each pickled global gets its own placeholder class (``pickled_as`` = (module, name)); calling it (pickle's
+    REDUCE / NEWOBJ) builds an empty instance and runs nothing. The state pickle hands over (BUILD) is kept
+    in ``__dict__`` so a reader can pick tensors and settings out of it (official MulT whole-model pickles);
+    items and appends (dict / list subclasses) are kept in ``inert_items`` / ``inert_list``.
+    """
+
+    pickled_as: tuple[str, str] = ("", "")
+    dump_patches = False  # legacy torch files compare saved class sources; never write .patch files for them
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def __setstate__(self, state: Any) -> None:
-        pass
+        if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slots) from objects with __slots__
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):  # names that would shadow the placeholder's own attributes are dropped
+            self.__dict__.update({k: v for k, v in state.items() if isinstance(k, str) and k not in _RESERVED})
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("inert_items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("inert_list", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("inert_list", []).extend(values)
+
+
+_Inert = InertObject  # the name earlier code used
+_RESERVED = {name for name in dir(InertObject) if not name.startswith("_")} | {n for n in dir(object)}
+_RESERVED |= {"__setstate__", "__setitem__", "__dict__", "__class__"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _placeholder(module: str, name: str) -> type[InertObject]:
+    """The placeholder class for the pickled global ``module.name`` (a plain class; nothing is imported)."""
+    attrs = {"pickled_as": (module, name), "__module__": "mtdistill_inert"}  # no source anywhere to look up
+    return type("Inert_" + re.sub(r"\W", "_", name)[:80], (InertObject,), attrs)
 
 
 _ALLOWED = {
@@ -99,14 +139,36 @@ _ALLOWED = {
     ("builtins", "complex"),
 }
 
+# Globals whose only use in a checkpoint is to run code: with refuse_code the load stops at them (one line)
+# instead of carrying on with an inert placeholder. Everything else not allowed above stays a placeholder.
+_CODE_MODULES = {
+    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "importlib", "runpy", "code", "codeop",
+    "shutil", "pty", "socket", "ctypes", "pickle", "_pickle", "marshal", "webbrowser", "multiprocessing",
+    "signal", "pdb", "timeit", "platform", "operator", "functools", "types", "inspect", "io", "_io", "commands",
+}  # fmt: skip
+
 
 class _InertUnpickler(pickle.Unpickler):
     """Builds tensors and plain containers; every other global becomes an inert placeholder."""
 
+    refuse_code = False
+
     def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 files (torch.save's) name Python 2 modules (__builtin__ ...), as pickle's fix_imports maps
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED or (module == "torch" and name.endswith("Storage")):
             return super().find_class(module, name)
-        return _Inert
+        if self.refuse_code and module.split(".")[0] in _CODE_MODULES:
+            raise UserError(
+                f"it would call {module}.{name} while loading, so it was not loaded (mtdistill never runs code "
+                "from a checkpoint)"
+            )
+        return _placeholder(module, name)
+
+
+class _RefusingUnpickler(_InertUnpickler):
+    refuse_code = True
 
 
 class _InertPickleModule:
@@ -117,9 +179,23 @@ class _InertPickleModule:
     __name__ = "mtdistill_inert_pickle"
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    """torch.load(weights_only=True); for training checkpoints that pickle other objects (e.g. an MTD
-    scheduler holding a StepLR), retry with an unpickler that replaces those objects by inert placeholders."""
+class _RefusingPickleModule:
+    """As `_InertPickleModule`, and globals that can only run code (os.system, eval, ...) stop the load."""
+
+    Unpickler = _RefusingUnpickler
+    load = staticmethod(lambda f, **kw: _RefusingUnpickler(f, **kw).load())
+    __name__ = "mtdistill_refusing_pickle"
+
+
+def safe_torch_load(path: str | Path, refuse_code: bool = False) -> Any:
+    """torch.load(weights_only=True); for checkpoints that pickle other objects (an MTD training checkpoint
+    holding a StepLR, an official MulT ``torch.save(model)``), retry with an unpickler that turns those objects
+    into inert placeholders (`InertObject`, state kept) and never imports or runs anything the file names.
+
+    Tensors are mapped to the CPU whatever device the file was saved on (``cuda:0`` tags load on a CPU-only
+    machine). Both the zip format and the pre-1.6 (legacy) format are read. ``refuse_code=True`` also stops
+    with a `UserError` at globals that only serve to run code (os.system, eval, subprocess, ...).
+    """
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -128,8 +204,13 @@ def safe_torch_load(path: str | Path) -> Any:
             raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - truncated zips and corrupt pickles fail in many ways
         raise UserError(f"{path}: not a readable PyTorch checkpoint, or truncated ({_first_line(exc)})") from None
+    module = _RefusingPickleModule if refuse_code else _InertPickleModule
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickleModule)
+        with warnings.catch_warnings():  # legacy files carry class sources torch compares (and cannot, here)
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
 

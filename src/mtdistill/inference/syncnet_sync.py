@@ -6,24 +6,34 @@ crops (syncnet_python's crop geometry, 0..255), the audio from the track's first
 windows 0, s, 2s, ... (stride s) are compared with the audio embeddings of windows i - vshift .. i + vshift,
 audio embeddings outside 0..N-1 being zero vectors (upstream's zero padding). The mean distance curve gives
 LSE-D (its minimum), LSE-C (median - minimum, the "confidence") and the offset vshift - argmin.
+
+By default (quirk ``syncnet_jpeg_roundtrip``) the inputs are what syncnet_python's evaluate() reads: each crop
+goes through ffmpeg's default JPEG and OpenCV's decoder (`JpegRoundTrip`, one encoder per track, fed in order),
+and the audio is rounded to int16. ``detector="none"`` takes the video as a face-crop clip (what evaluate() is
+given): one track over the whole clip, the frame itself as the crop (resized to 224x224 if it is not).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import torch
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
 from mtdistill.inference.readout import SYNCNET_MIN_CONFIDENCE, SyncResult, TrackResult, verdict_for
 from mtdistill.media.audio import load_audio
+from mtdistill.media.decode import open_media
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
-from mtdistill.media.tracking import track_faces
+from mtdistill.media.tracking import FaceTrack, track_faces
 from mtdistill.models.syncnet import (
     FACE_SIZE,
+    JpegRoundTrip,
     SyncNet,
     crop_face,
     face_crop_box,
@@ -35,11 +45,18 @@ from mtdistill.models.syncnet import (
 CHUNK = 16  # windows per SyncNet forward (5 x 224 x 224 x 3 floats each)
 
 
+WHOLE_FRAME = "none"
+"""The ``detector`` value that takes every frame as the face crop (a face-crop clip, as syncnet_python's
+evaluate() reads it)."""
+
+
 class _SyncNetTrack:
     """Streams one track's face crops into video embeddings; audio embeddings are computed at the end."""
 
-    def __init__(self, track, wave: np.ndarray, stride: int) -> None:
+    def __init__(self, track, wave: np.ndarray, stride: int, quirks: Quirks = FAITHFUL) -> None:
         self.track = track
+        self.lossy = quirks.syncnet_jpeg_roundtrip
+        self.jpeg = JpegRoundTrip() if self.lossy else None
         seg = wave[track.start_frame * 640 : (track.end_frame + 1) * 640]
         self.min_length = min(track.n_frames, len(seg) // 640)
         self.n = self.min_length - WINDOW_FRAMES
@@ -50,8 +67,9 @@ class _SyncNetTrack:
         self.next_w = 0
         self.embeddings: list[torch.Tensor] = []
 
-    def feed(self, net: SyncNet, crop: np.ndarray, device: torch.device) -> None:
-        self.frames.append(crop)
+    def feed(self, net: SyncNet, crop: np.ndarray, device: torch.device, decoded: bool = False) -> None:
+        """Add the next BGR crop (``decoded``: already through the JPEG round trip)."""
+        self.frames.append(self.jpeg(crop) if self.jpeg is not None and not decoded else crop)
         self._flush(net, device, final=False)
 
     def _flush(self, net: SyncNet, device: torch.device, final: bool) -> None:
@@ -76,7 +94,7 @@ class _SyncNetTrack:
         self._flush(net, device, final=True)
         if self.n < 1 or not self.embeddings:
             return None
-        feat = mfcc(self.seg)
+        feat = mfcc(self.seg, int16=self.lossy)
         aud = []
         with torch.inference_mode():
             for s in range(0, self.n, 256):
@@ -109,8 +127,13 @@ def sync_video_syncnet(
     progress: bool = False,
     detect_every: int | None = None,
     rescan_every: int = 25,
+    quirks: Quirks | None = None,
 ):
-    """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance."""
+    """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance.
+
+    ``detector="none"``: the video is a face-crop clip (see the module docstring). ``quirks``: default the
+    net's own (``net.quirks``, else the faithful ones); ``Quirks(syncnet_jpeg_roundtrip=False)`` is lossless.
+    """
     dev = torch.device(device or "cpu")
     net = net.to(dev).eval()
     min_conf = SYNCNET_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
@@ -118,18 +141,31 @@ def sync_video_syncnet(
     info = probe(path)
     if not info.has_audio:
         raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
+    quirks = quirks or getattr(net, "quirks", None) or FAITHFUL
     wave = load_audio(path)
-    every = detect_every or min(stride, 5)
-    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
+    whole = detector == WHOLE_FRAME
+    # a 25 fps 224x224 crop clip with the JPEG quirk: its own decoded 4:2:0 frames, as ffmpeg hands them over
+    square = (info.width, info.height) == (FACE_SIZE, FACE_SIZE) and abs(info.fps - ANALYSIS_FPS) < 0.01
+    as_decoded = whole and quirks.syncnet_jpeg_roundtrip and square
+    clip_yuv = list(_decoded_yuv420p(path)) if as_decoded else []
+    if whole:
+        n = len(clip_yuv) if as_decoded else int(info.n_frames)
+        full = np.tile(np.array([0, 0, info.width, info.height], np.float32), (max(n, 1), 1))
+        found = [FaceTrack(0, 0, n - 1, full, np.ones(max(n, 1), bool))] if n > 0 else []
+    else:
+        every = detect_every or min(stride, 5)
+        found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
     tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     if not tracks:
         raise UserError(f"{path}: no face found for at least {WINDOW_FRAMES + 1} consecutive frames")
     t1 = time.perf_counter()
     dec_w, _ = output_size(info.width, info.height, MAX_WIDTH)
     scale = dec_w / info.width if info.width else 1.0
-    states = [_SyncNetTrack(t, wave, stride) for t in tracks]
+    states = [_SyncNetTrack(t, wave, stride, quirks) for t in tracks]
     last = max(t.end_frame for t in tracks)
-    for k, rgb in iter_frames(path):
+    for yuv, full_range in clip_yuv[: states[0].min_length]:
+        states[0].feed(net, states[0].jpeg.from_yuv420p(yuv, full_range), dev, decoded=True)
+    for k, rgb in [] if as_decoded else iter_frames(path):
         if k > last:
             break
         bgr = None
@@ -138,6 +174,9 @@ def sync_video_syncnet(
             if t.start_frame <= k <= t.end_frame and k - t.start_frame < st.min_length:
                 if bgr is None:
                     bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # syncnet_python reads frames with OpenCV (BGR)
+                if whole:
+                    st.feed(net, whole_frame_crop(bgr), dev)
+                    continue
                 x1, y1, x2, y2 = (float(v) * scale for v in t.box_at(k)[:4])
                 box = face_crop_box((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1))
                 st.feed(net, crop_face(bgr, box, FACE_SIZE), dev)
@@ -168,6 +207,7 @@ def sync_video_syncnet(
         )
     if not results:
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
+    lossless = "" if quirks.syncnet_jpeg_roundtrip else ", lossless inputs"
     t2 = time.perf_counter()
     return SyncResult(
         video=str(path),
@@ -175,7 +215,7 @@ def sync_video_syncnet(
         fps=float(ANALYSIS_FPS),
         source_fps=float(info.fps),
         n_frames=int(info.n_frames),
-        model=f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params)",
+        model=f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params{lossless})",
         preset=None,
         stride=stride,
         vshift=vshift,
@@ -183,3 +223,21 @@ def sync_video_syncnet(
         tracks=results,
         timing={"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)},
     )
+
+
+def _decoded_yuv420p(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, bool]]:
+    """Every decoded frame of the first video stream as (H * 3 / 2, W) planar 4:2:0 and whether it is full range,
+    in decoding order with no frame-rate resampling (as ``ffmpeg -i CLIP %06d.jpg`` writes them)."""
+    with open_media(path) as container:
+        for frame in container.decode(container.streams.video[0]):
+            if frame.format.name not in ("yuv420p", "yuvj420p"):
+                frame = frame.reformat(format="yuv420p")
+            full = frame.format.name == "yuvj420p" or frame.color_range == 2  # AVCOL_RANGE_JPEG
+            yield frame.to_ndarray(), full
+
+
+def whole_frame_crop(bgr: np.ndarray) -> np.ndarray:
+    """A face-crop clip's frame as SyncNet's input: itself, resized to 224x224 (cv2 bilinear) if it is not."""
+    if bgr.shape[:2] == (FACE_SIZE, FACE_SIZE):
+        return bgr
+    return cv2.resize(bgr, (FACE_SIZE, FACE_SIZE))

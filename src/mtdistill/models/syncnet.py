@@ -16,15 +16,19 @@ not copied from it. What is certain and what is not:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.safeio import safe_torch_load
-from mtdistill.core.timing import SAMPLE_RATE, SEARCH_RANGE
+from mtdistill.core.timing import ANALYSIS_FPS, SAMPLE_RATE, SEARCH_RANGE
 
 MFCC_RATE = 100  # MFCC frames per second (10 ms step): 4 per video frame at 25 fps
 MFCC_PER_WINDOW = 20  # 5 video frames = 20 MFCC frames
@@ -38,8 +42,9 @@ def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list[nn.Module]:
 class SyncNet(nn.Module):
     """Two-stream SyncNet: MFCC (1, 13, 20) -> 1024-d and 5 face frames (C, 5, 224, 224) -> 1024-d."""
 
-    def __init__(self, embed_dim: int = 1024, in_channels: int = 3) -> None:
+    def __init__(self, embed_dim: int = 1024, in_channels: int = 3, quirks: Quirks = FAITHFUL) -> None:
         super().__init__()
+        self.quirks = quirks  # syncnet_jpeg_roundtrip: how `sync --model syncnet` prepares the inputs
         self.netcnnaud = nn.Sequential(
             *_conv_bn_relu(nn.Conv2d(1, 64, 3, 1, 1), nn.BatchNorm2d(64)),
             nn.MaxPool2d(kernel_size=1, stride=1),
@@ -79,8 +84,10 @@ class SyncNet(nn.Module):
         return pairwise_distance(self.forward_lip(frames), self.forward_aud(mfcc))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> SyncNet:
-        """Load a ``syncnet_v2.model``-format state_dict (strict, apart from optional BN counters)."""
+    def from_checkpoint(cls, path: str | Path, quirks: Quirks = FAITHFUL) -> SyncNet:
+        """Load a ``syncnet_v2.model``-format state_dict (strict, apart from optional BN counters).
+
+        ``quirks=Quirks(syncnet_jpeg_roundtrip=False)`` gives lossless inputs (see `JpegRoundTrip`)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"SyncNet checkpoint {path} not found; pass the syncnet_v2.model file with --checkpoint")
@@ -95,7 +102,7 @@ class SyncNet(nn.Module):
         fc_out = state.get("netfcaud.3.weight")
         if lip0 is None or fc_out is None:
             raise UserError(f"{path} is not a SyncNet (syncnet_v2) state_dict; netcnnlip/netfcaud keys are missing")
-        model = cls(embed_dim=int(fc_out.shape[0]), in_channels=int(lip0.shape[1]))
+        model = cls(embed_dim=int(fc_out.shape[0]), in_channels=int(lip0.shape[1]), quirks=quirks)
         load_syncnet_state_dict(model, state)
         return model.eval()
 
@@ -141,16 +148,23 @@ def mfcc_filterbank(n_filt: int = 26, n_fft: int = 512, sr: int = SAMPLE_RATE) -
     return fbank
 
 
-def mfcc(wave_16k: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+def int16_samples(wave: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] as the int16 values ffmpeg's pcm_s16le writes (x 32768, round half to even,
+    clipped), as float64: what syncnet_python's scipy wavfile.read hands to its MFCC."""
+    return np.clip(np.rint(np.asarray(wave, dtype=np.float64) * 32768.0), -32768.0, 32767.0)
+
+
+def mfcc(wave_16k: np.ndarray, sr: int = SAMPLE_RATE, int16: bool = False) -> np.ndarray:
     """13 MFCCs at 100 Hz, shape (13, F), with the recipe syncnet_python feeds its net.
 
     25 ms rectangular frames every 10 ms (zero-padded tail), pre-emphasis 0.97, 512-point power spectrum / 512,
     26 triangular mel filters, log, orthonormal DCT-II, lifter 22, coefficient 0 replaced by log frame energy.
-    The waveform is scaled to int16 units because syncnet_python reads the wav with scipy (int16 samples).
+    The waveform is scaled to int16 units because syncnet_python reads the wav with scipy (int16 samples);
+    ``int16`` also rounds (and clips) them as that wav does (`int16_samples`; what `sync --model syncnet` does).
     """
     from scipy.fft import dct
 
-    x = np.asarray(wave_16k, dtype=np.float64) * 32768.0
+    x = int16_samples(wave_16k) if int16 else np.asarray(wave_16k, dtype=np.float64) * 32768.0
     x = np.append(x[:1], x[1:] - 0.97 * x[:-1])
     win, step = int(round(0.025 * sr)), int(round(0.01 * sr))
     n_frames = 1 if len(x) <= win else 1 + int(np.ceil((len(x) - win) / step))
@@ -181,10 +195,69 @@ def face_crop_box(cx: float, cy: float, size: float, crop_scale: float = 0.4) ->
     )
 
 
+def full_range_yuv420p(yuv: np.ndarray) -> np.ndarray:
+    """Limited-range (16..235 / 16..240) planar 4:2:0, packed as (H * 3 / 2, W) uint8, to full range (JPEG).
+
+    Exact rounding of (Y - 16) * 255 / 219 and (C - 128) * 255 / 224 + 128: what FFmpeg's scaler gives when
+    ffmpeg turns a decoded yuv420p clip into the mjpeg encoder's yuvj420p (checked bit for bit against FFmpeg
+    5.1; newer libswscale rounds chroma differently, PyAV's bundled one included, hence not used for this).
+    """
+    h = yuv.shape[0] * 2 // 3
+    x = yuv.astype(np.float64)
+    out = np.empty_like(yuv)
+    out[:h] = np.clip(np.rint((x[:h] - 16.0) * 255.0 / 219.0), 0, 255)
+    out[h:] = np.clip(np.rint((x[h:] - 128.0) * 255.0 / 224.0 + 128.0), 0, 255)
+    return out
+
+
+class JpegRoundTrip:
+    """Frames as syncnet_python's evaluate() reads them, computed in memory.
+
+    syncnet_python extracts a clip's frames with ``ffmpeg -i CLIP -threads 1 -f image2 %06d.jpg`` (no quality
+    option) and reads them back with ``cv2.imread``. That is FFmpeg's mjpeg encoder with its defaults: full-range
+    4:2:0 (``yuvj420p``) input, and the rate control of ``-b:v`` 200 kb/s at the clip's 25 fps, whose quantiser
+    follows the frames seen so far. One instance per clip (per face track), fed every frame in order, reproduces
+    that with PyAV's mjpeg encoder (the same quantised pictures as FFmpeg 5.1's; only its Huffman tables differ)
+    and OpenCV's JPEG decoder. `from_yuv420p` takes a decoded clip frame as ffmpeg has it; ``__call__`` takes a
+    BGR crop (mtdistill's own crops), made 4:2:0 limited range first as a crop clip would be.
+    """
+
+    def __init__(self, fps: int = ANALYSIS_FPS) -> None:
+        self.fps = fps
+        self.ctx: av.VideoCodecContext | None = None
+        self.pts = 0
+
+    def _encoder(self, width: int, height: int) -> av.VideoCodecContext:
+        if self.ctx is None:
+            ctx = av.CodecContext.create("mjpeg", "w")
+            ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuvj420p"
+            ctx.time_base = Fraction(1, self.fps)
+            ctx.framerate = Fraction(self.fps)
+            ctx.thread_count = 1  # upstream's -threads 1
+            ctx.bit_rate = 200_000  # FFmpeg's default -b:v (explicit: the rate control depends on it)
+            self.ctx = ctx
+        elif (width, height) != (self.ctx.width, self.ctx.height):
+            raise ValueError(f"JpegRoundTrip got a {width}x{height} frame after {self.ctx.width}x{self.ctx.height}")
+        return self.ctx
+
+    def from_yuv420p(self, yuv: np.ndarray, full_range: bool = False) -> np.ndarray:
+        """A (H * 3 / 2, W) planar yuv420p frame (limited range unless ``full_range``) -> the decoded BGR JPEG."""
+        h, w = yuv.shape[0] * 2 // 3, yuv.shape[1]
+        ctx = self._encoder(w, h)
+        frame = av.VideoFrame.from_ndarray(yuv if full_range else full_range_yuv420p(yuv), format="yuvj420p")
+        frame.pts = self.pts
+        self.pts += 1
+        data = b"".join(bytes(p) for p in ctx.encode(frame))
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+    def __call__(self, bgr: np.ndarray) -> np.ndarray:
+        """A BGR uint8 (H, W, 3) frame (even H and W) -> the BGR frame its JPEG decodes to."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format="yuv420p")
+        return self.from_yuv420p(frame.to_ndarray())
+
+
 def crop_face(frame_bgr: np.ndarray, box: tuple[int, int, int, int], out: int = FACE_SIZE) -> np.ndarray:
     """Crop (padding outside the frame with 110) and resize to out x out (cv2 bilinear)."""
-    import cv2
-
     x0, y0, x1, y1 = box
     h, w = frame_bgr.shape[:2]
     pad = max(0, -x0, -y0, x1 - w, y1 - h)

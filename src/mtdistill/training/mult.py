@@ -46,7 +46,11 @@ from mtdistill.training.engine import fit_run
 @dataclass(kw_only=True)
 class MultTeacherSection:
     run: str | None = None
+    """A teacher run folder (its model_best.safetensors)."""
     checkpoint: str | None = None
+    """A MulT file: ours, or an official whole-model pickle / state_dict (docs/mult.md); wins over ``run``."""
+    heads: int | None = None
+    """The head count an official state_dict does not record."""
 
 
 @dataclass(kw_only=True)
@@ -281,10 +285,13 @@ class MultLightningModule(ResumableStateMixin, pl.LightningModule):
 # ---- building a run ----
 def build_teacher(cfg: dict[str, Any]) -> MulT | None:
     t = cfg["teacher"]
-    src = t.get("run") or t.get("checkpoint")
+    src = t.get("checkpoint") or t.get("run")  # an explicit file wins over the recipe's teacher run
     if src is None:
         return None
-    model = load_mult_checkpoint(resolve_model_file(src))
+    if t.get("checkpoint") and Path(src).is_file():
+        model: nn.Module = MulT.from_checkpoint(src, heads=t.get("heads"))
+    else:
+        model = load_mult_checkpoint(resolve_model_file(src))
     if not isinstance(model, MulT):
         raise UserError(f"teacher {src} is a student checkpoint; point teacher.run at a MulT teacher run")
     want = configuration(cfg["configuration"]).teacher_mode

@@ -83,17 +83,35 @@ def evaluate_mult_run(
         raise UserError(f"{run_dir} is not a run folder (no {CONFIG}); pass the folder `mtdistill mult train` wrote")
     cfg = yaml.safe_load(cfg_path.read_text())
     model = load_mult_checkpoint(resolve_model_file(run_dir))
-    splits = load_mosei(pickle_path or cfg["data"]["pickle"])
+    about = {k: cfg.get(k) for k in ("name", "kind", "method", "row", "configuration")}
+    return _evaluate(model, pickle_path or cfg["data"]["pickle"], split, about, run_dir / "eval", latency)
+
+
+def evaluate_mult_checkpoint(
+    path: str | Path,
+    pickle_path: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    heads: int | None = None,
+    latency: bool = True,
+) -> dict[str, Any]:
+    """Metrics of a MulT teacher file (an official pickle or state_dict, or ours) on ``split`` of a MOSEI pickle;
+    the files of `evaluate_mult_run` go to ``out`` when given (nothing is written beside the checkpoint)."""
+    model = MulT.from_checkpoint(path, heads=heads)
+    about = {"name": Path(path).stem, "kind": "teacher", "method": "MulT", "row": None, "configuration": None}
+    return _evaluate(model, pickle_path, split, about, Path(out) if out else None, latency)
+
+
+def _evaluate(
+    model: nn.Module, pickle_path: str | Path, split: str, about: dict[str, Any], out: Path | None, latency: bool
+) -> dict[str, Any]:
+    splits = load_mosei(pickle_path)
     if split not in splits:
         raise UserError(f"split {split!r} is not one of {list(splits)}")
     outputs = predict(model, splits[split])
     metrics = mosei_metrics(outputs, splits[split].labels)
     result: dict[str, Any] = {
-        "name": cfg["name"],
-        "kind": cfg["kind"],
-        "method": cfg.get("method"),
-        "row": cfg.get("row"),
-        "configuration": cfg.get("configuration"),
+        **about,
         "split": split,
         "metrics": metrics,
         "majority_baseline": majority_baseline(splits["train"].classes, splits[split].classes),
@@ -106,13 +124,14 @@ def evaluate_mult_run(
     }
     if latency:
         result["latency"] = measure_latency(model, splits[split])
-    out = run_dir / "eval"
+    if out is None:
+        return result
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     rows = ["| metric | value |", "|---|---|"] + [
         f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
     ]
-    atomic_write_text(out / "results.md", f"# {cfg['name']} on {split}\n\n" + "\n".join(rows) + "\n")
+    atomic_write_text(out / "results.md", f"# {about['name']} on {split}\n\n" + "\n".join(rows) + "\n")
     pred = outputs.argmax(axis=1) if outputs.ndim == 2 and outputs.shape[1] > 1 else outputs.reshape(-1)
     lines = ["index,label,prediction"] + [
         f"{i},{y:.4f},{p}" for i, (y, p) in enumerate(zip(splits[split].labels, pred, strict=True))

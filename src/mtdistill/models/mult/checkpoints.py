@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.runs import MODEL_BEST
-from mtdistill.models.mult.format import FORMAT
+from mtdistill.models.mult.format import FORMAT, read_model_file
 from mtdistill.models.mult.students import StudentConfig, VideoStudent
 from mtdistill.models.mult.teacher import MulT, MulTConfig
 
@@ -20,13 +18,7 @@ def load_mult_checkpoint(path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; pass a run's model_best.safetensors")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("mtdistill")
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    meta = json.loads(raw) if raw else {}
+    meta, state = read_model_file(path)
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}; is it a MulT/student checkpoint?")
     if meta["kind"] == "mult":

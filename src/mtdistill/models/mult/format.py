@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from mtdistill import __version__
+from mtdistill.core.errors import UserError
 from mtdistill.core.safeio import atomic_path
 
 FORMAT = "mtdistill-mult/1"
@@ -37,3 +39,18 @@ def save_model(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"mtdistill": json.dumps(meta)})
     return path
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a file `save_model` wrote; metadata is {} when the file carries none."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("mtdistill")
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        raise UserError(f"{path}: its mtdistill metadata is not JSON") from None
+    return (meta if isinstance(meta, dict) else {}), state

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from mtdistill.core.errors import UserError
 from mtdistill.models.mult.format import save_model
+from mtdistill.models.mult.official import read_teacher_file
 from mtdistill.nn.crossmodal import CrossModalEncoder, EncoderCapture
 
 MODALITIES = ("l", "a", "v")
@@ -285,6 +286,28 @@ class MulT(nn.Module):
         return shapes
 
     # ---- checkpoints ----
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, heads: int | None = None, attn_mask: bool | None = None) -> MulT:
+        """A MulT teacher in eval mode from our ``.safetensors``, an official MulT whole-model pickle
+        (``torch.save(model)``) or an official ``state_dict`` (which needs ``heads``); see `official`.
+
+        Nothing in the file is imported or run. Official files keep the official conv padding (0).
+        ``attn_mask`` overrides the file's (a state_dict does not record it; the official default is True).
+        """
+        file = read_teacher_file(path, heads=heads, attn_mask=attn_mask)
+        if file.source == "mtdistill" and heads is not None and int(file.config.get("heads", heads)) != heads:
+            raise UserError(f"{path} has {file.config['heads']} heads, not heads={heads}; drop --heads")
+        try:
+            model = cls(config=MulTConfig(**file.config))
+        except TypeError as exc:
+            raise UserError(f"{path}: its config does not fit this version's MulTConfig ({exc})") from None
+        try:
+            model.load_state_dict(file.state, strict=True)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise UserError(f"{path}: weights do not fit a MulT ({' '.join(lines[:2])[:300]})") from None
+        return model.eval()
+
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         return save_model(self, "mult", asdict(self.config), path, extra)
 
