@@ -61,11 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lzf / gzip: chunked and compressed (smaller files, slower reads)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from mtdistill.engines import add_engine_arguments
+
+    add_engine_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtdistill.data.prepare import prepare, summary_table
+    from mtdistill.engines import engine_from_args
     from mtdistill.errors import UserError
 
     if args.workers < 1 or args.shard_size < 1 or args.detect_every < 1:
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         compression=None if args.compression == "none" else args.compression,
         progress=not args.quiet,
+        engine=engine_from_args(args),
     )
     print(json.dumps(summary) if args.json else summary_table(summary))
     return 0 if summary["stored"] else 1

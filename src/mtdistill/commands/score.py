@@ -14,11 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mtdistill.commands.sync import add_model_arguments
 
     add_model_arguments(parser)
+    from mtdistill.engines import add_engine_arguments
+
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from mtdistill.engines import engine_from_args
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
 
     spec = ModelSpec(
@@ -33,8 +37,12 @@ def run(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         rescan_every=args.rescan_every,
         bf16=args.bf16,
+        device=args.device,
     )
-    summary = score_folder(args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty())
+    engine = engine_from_args(args)
+    summary = score_folder(
+        args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty(), engine=engine
+    )
     print(format_table(summary))
     print(f"rows: {args.csv}; aggregates: {summary_path(args.csv)}")
     return 0

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mtdistill.data import store as st
 from mtdistill.data.layouts import Discovery, SourceItem, discover, read_ground_truth
+from mtdistill.engines import Engine
 from mtdistill.errors import UserError
 
 MIN_FRAMES = 5  # one model window; the pair sampler applies the official > 25 rule itself
@@ -271,11 +272,19 @@ def prepare(
     shard_size: int = 64,
     compression: str | None = None,
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> dict:
-    """Run (or resume) a prepare; returns a summary dict (stored, skipped, reasons, shards, seconds)."""
+    """Run (or resume) a prepare; returns a summary dict (stored, skipped, reasons, shards, seconds).
+
+    ``engine``: local worker processes (default, ``workers``) or a Ray cluster (`mtdistill.engines`), which
+    builds the same shards into OUT on shared storage while this process keeps index.json."""
     t0 = time.time()
     src_p, root = Path(src).resolve(), Path(out)
     disc: Discovery = discover(src_p, split_lists, split, layout)
+    if engine is not None and engine.is_ray:  # connect first (a bad address is one line); size shards by the cluster
+        from mtdistill.engines.ray_engine import task_slots
+
+        workers = task_slots(engine)
     root.mkdir(parents=True, exist_ok=True)
     extra = {"src": str(src_p), "layout": disc.layout, "detector": detector}
     _check_same_source(root, extra)
@@ -310,6 +319,11 @@ def prepare(
     )
     st.write_index(root, st.build_index(root, {**extra, "complete": False}))
     last_index = time.time()
+    if engine is not None and engine.is_ray and jobs:  # the cluster builds them all; the local loop gets none
+        from mtdistill.engines.ray_engine import prepare_shards
+
+        prepare_shards(jobs, engine, root, extra, bar)
+        jobs, workers = [], 1
     if workers <= 1:
         _init_worker(None)
         for job in jobs:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtdistill.engines import Engine
 from mtdistill.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
@@ -53,6 +54,7 @@ class ModelSpec:
     detect_every: int | None = None
     rescan_every: int = 25
     bf16: bool = False
+    device: str | None = None
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -101,6 +103,7 @@ def _score_one(video: str) -> list[dict]:
             detect_every=spec.detect_every,
             rescan_every=spec.rescan_every,
             bf16=spec.bf16,
+            device=spec.device,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]
@@ -175,9 +178,17 @@ def summary_path(csv_path: str | os.PathLike) -> Path:
 
 
 def score_folder(
-    folder: str | os.PathLike, csv_path: str | os.PathLike, spec: ModelSpec, workers: int = 1, progress: bool = True
+    folder: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    spec: ModelSpec,
+    workers: int = 1,
+    progress: bool = True,
+    engine: Engine | None = None,
 ) -> dict:
-    """Score every not-yet-scored video under ``folder`` into ``csv_path``; returns the aggregates."""
+    """Score every not-yet-scored video under ``folder`` into ``csv_path``; returns the aggregates.
+
+    ``engine``: where the videos are scored (`mtdistill.engines`): local worker processes (default, ``workers``)
+    or a Ray cluster; the same rows reach the same CSV either way."""
     from tqdm import tqdm
 
     csv_path = Path(csv_path)
@@ -188,8 +199,16 @@ def score_folder(
     done = done_videos(csv_path)
     todo = [str(v) for v in videos if str(v) not in done]
     workers = max(1, int(workers))
+    on_ray = engine is not None and engine.is_ray and bool(todo)
+    if on_ray:  # connect first: a bad --ray-address is one line, before the model loads
+        from mtdistill.engines.ray_engine import connect, score_videos
+
+        connect(engine)
     # load the model in the parent first: a bad checkpoint is one clear error, not one per video
     _init_worker(spec, None if workers == 1 else 1)
+    if on_ray:  # the cluster scores them all; the local loop below gets none
+        score_videos(todo, spec, engine, csv_path, progress=progress)
+        todo, progress = [], False
     with tqdm(total=len(todo), desc="score", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1:
             for v in todo:
