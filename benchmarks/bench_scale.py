@@ -82,10 +82,39 @@ def measure(name: str, tasks: list[str], corpus: Path, tmp: Path, engine, worker
     for task in tasks:
         for phase in phases:
             work = Path(tempfile.mkdtemp(dir=tmp, prefix=f"{task}_"))
-            res = {"config": name, "task": task, "phase": phase, **run_pass(task, corpus, work, engine, workers, stride)}
+            res = run_pass(task, corpus, work, engine, workers, stride)
+            res = {"config": name, "task": task, "phase": phase, **res}
             print(json.dumps(res), flush=True)
             out.append(res)
     return out
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+def noop_overhead(ray, n: int = 400) -> dict:
+    """Ray's own cost per task: n empty tasks through the cluster (workers already started)."""
+    remote = ray.remote(_noop).options(num_cpus=1)
+    ray.get([remote.remote(i) for i in range(8)])
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    ray.get([remote.remote(i) for i in range(n)])
+    seconds = time.perf_counter() - t0
+    res = {
+        "config": "ray local",
+        "task": "empty task",
+        "phase": "warm",
+        "files": n,
+        "ok": n,
+        "seconds": round(seconds, 2),
+        "files_per_hour": round(3600 * n / seconds),
+        "ms_per_task": round(1000 * seconds / n, 2),
+        "load_before": round(load0, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(res), flush=True)
+    return res
 
 
 def main() -> int:
@@ -104,7 +133,9 @@ def main() -> int:
 
     from mtdistill.engines import LOCAL, Engine
     from mtdistill.engines.ray_engine import connect
+    from mtdistill.inference.sync import load_model
 
+    load_model(str(MODEL))  # imports torch and the model code here, so no timed pass pays for it
     tasks = args.tasks.split(",")
     configs = args.configs.split(",")
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scale_"))
@@ -117,6 +148,7 @@ def main() -> int:
             engine = Engine("ray", address="local")
             connect(engine)
             results += measure("ray local", tasks, corpus, tmp, engine, 1, args.stride)
+            results.append(noop_overhead(ray))
             ray.shutdown()
         elif cfg in ("ray1", "ray2"):
             from ray.cluster_utils import Cluster

@@ -110,6 +110,99 @@ def local_rows(videos, tmp_path_factory) -> dict:
     return rows_by_video(out)
 
 
+@pytest.fixture(scope="module")
+def local_store(videos, tmp_path_factory) -> Path:
+    """What the local engine packs from the clips (the reference store)."""
+    from mtdistill.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("ray_ref") / "store"
+    prepare(videos, out, workers=1, split="test", progress=False)
+    return out
+
+
+def assert_same_store(path: Path, ref: Path) -> None:
+    from mtdistill.data.store import Store
+
+    a, b = Store.open(ref), Store.open(path)
+    assert b.index["complete"] and sorted(a.ids()) == sorted(b.ids())
+    for uid in a.ids():  # the same utterances with the same crops, masks and audio
+        np.testing.assert_array_equal(a.frames(uid), b.frames(uid))
+        np.testing.assert_array_equal(a.valid(uid), b.valid(uid))
+        np.testing.assert_array_equal(a.audio(uid), b.audio(uid))
+        assert a.meta(uid)["sha256"] == b.meta(uid)["sha256"]
+    assert [s["uid"] for s in a.index["skipped"]] == [s["uid"] for s in b.index["skipped"]] == ["broken"]
+    assert b.verify() == []
+    uids = [e["uid"] for e in b.index["utterances"]]
+    assert len(uids) == len(set(uids))  # nothing stored twice
+    assert not [p for p in (path / "shards").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+SLOW_TASK_S = 1.5  # the traced tasks below last at least this long, so the removal lands inside one
+
+
+def _traced(kind: str, marks: Path):
+    """The engine's task function, wrapped to leave a marker per attempt (name|node|pid) and to last a while.
+
+    A nested function: Ray pickles it by value, so the workers run it without importing this test module; there
+    the engine's own task function is the original one."""
+
+    def traced(*args):
+        import os
+        import time
+
+        import ray
+
+        from mtdistill.engines import ray_engine as engine_module
+
+        name = os.path.basename(args[2]) if kind == "score" else str(args[0].shard_id)
+        node = ray.get_runtime_context().get_node_id()
+        (marks / f"{name}|{node}|{os.getpid()}|{time.time():.3f}").touch()
+        time.sleep(SLOW_TASK_S)
+        fn = engine_module._score_task if kind == "score" else engine_module._prepare_task
+        return fn(*args)
+
+    return traced
+
+
+def _remove_worker_node_mid_run(cluster, run, files: int, marks: Path, finished) -> None:
+    """Run ``run()`` in a driver thread; kill the worker node while a task runs there; check that task ran again.
+
+    ``finished()``: the names (video file names / shard ids) whose results the driver has written so far."""
+    from collections import Counter
+
+    from mtdistill.engines import ray_engine
+
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            box["error"] = exc
+
+    worker_node = cluster.worker.node_id
+    ray_engine.LAST_STATS = None
+    driver = threading.Thread(target=target)
+    driver.start()
+    deadline = time.time() + 120
+    running: set[str] = set()
+    while time.time() < deadline and driver.is_alive() and not running:
+        on_worker = {m.name.split("|")[0] for m in marks.iterdir() if m.name.split("|")[1] == worker_node}
+        running = on_worker - set(finished())
+        time.sleep(0.02)
+    cluster.remove_node(cluster.worker, allow_graceful=False)
+    driver.join(240)
+    cluster.worker = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)  # for the tests after this one
+    assert not driver.is_alive()
+    if "error" in box:
+        raise box["error"]
+    assert running, "the node must be removed while it runs a task"
+    attempts = Counter(m.name.split("|")[0] for m in marks.iterdir())
+    assert all(attempts[name] >= 2 for name in running), (running, attempts)  # Ray ran it again elsewhere
+    stats = ray_engine.LAST_STATS
+    assert stats.done == files and not stats.lost and stats.duplicates == 0
+
+
 def _ray_engine(cluster) -> Engine:
     return Engine("ray", address=cluster.address)
 
@@ -171,7 +264,7 @@ def test_score_on_ray_equals_local(cluster, videos, local_rows, tmp_path) -> Non
     assert summary == aggregate(out) and summary["videos"] == 7 and summary["videos_failed"] == 1
     stats = ray_engine.LAST_STATS
     assert stats.done == 7 and stats.failed == 1 and not stats.lost and stats.duplicates == 0
-    assert stats.model_loads == len(stats.workers) <= 2  # each worker process loaded the model once, not per file
+    assert stats.model_loads == len(stats.workers) < stats.done  # once per worker process, not once per file
     # a rerun finds everything done and asks the cluster for nothing
     again = score_folder(
         videos, out, ModelSpec(checkpoint=str(MODEL), stride=5), progress=False, engine=_ray_engine(cluster)
@@ -179,62 +272,50 @@ def test_score_on_ray_equals_local(cluster, videos, local_rows, tmp_path) -> Non
     assert again == summary and rows_by_video(out).keys() == local_rows.keys()
 
 
-def test_prepare_on_ray_makes_the_local_store(cluster, videos, tmp_path) -> None:
+def test_prepare_on_ray_makes_the_local_store(cluster, videos, local_store, tmp_path) -> None:
     from mtdistill.data.prepare import prepare
-    from mtdistill.data.store import Store
 
-    local = prepare(videos, tmp_path / "local", workers=1, split="test", progress=False)
     remote = prepare(videos, tmp_path / "ray", split="test", progress=False, engine=_ray_engine(cluster))
-    assert (remote["stored"], remote["skipped"]) == (local["stored"], local["skipped"]) == (6, 1)
-    a, b = Store.open(tmp_path / "local"), Store.open(tmp_path / "ray")
-    assert b.index["complete"] and sorted(a.ids()) == sorted(b.ids())
-    for uid in a.ids():  # the same utterances with the same crops, masks and audio
-        np.testing.assert_array_equal(a.frames(uid), b.frames(uid))
-        np.testing.assert_array_equal(a.valid(uid), b.valid(uid))
-        np.testing.assert_array_equal(a.audio(uid), b.audio(uid))
-        assert a.meta(uid)["sha256"] == b.meta(uid)["sha256"]
-    assert [s["uid"] for s in a.index["skipped"]] == [s["uid"] for s in b.index["skipped"]] == ["broken"]
-    assert b.verify() == []
-    assert not [p for p in (tmp_path / "ray" / "shards").iterdir() if p.name.startswith(".")]
+    assert (remote["stored"], remote["skipped"]) == (6, 1)
+    assert_same_store(tmp_path / "ray", local_store)
 
 
-def test_worker_node_removed_mid_run_loses_and_duplicates_nothing(cluster, videos, local_rows, tmp_path) -> None:
+def test_worker_node_removed_mid_run_loses_and_duplicates_nothing(
+    cluster, videos, local_rows, tmp_path, monkeypatch
+) -> None:
     from mtdistill.engines import ray_engine
     from mtdistill.inference.score import ModelSpec, score_folder
 
-    worker_node = cluster.worker.node_id
-    out = tmp_path / "removed.csv"
-    box: dict = {}
+    out, marks = tmp_path / "removed.csv", tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(ray_engine, "_score_task", _traced("score", marks))
+    spec = ModelSpec(checkpoint=str(MODEL), stride=5)
+    _remove_worker_node_mid_run(
+        cluster,
+        lambda: score_folder(videos, out, spec, progress=False, engine=_ray_engine(cluster)),
+        files=7,
+        marks=marks,
+        finished=lambda: {Path(v).name for v in rows_by_video(out)} if out.exists() else set(),
+    )
+    assert_same_rows(rows_by_video(out), local_rows)  # every video, each exactly once (one row per track)
 
-    def run() -> None:
-        try:
-            box["summary"] = score_folder(
-                videos, out, ModelSpec(checkpoint=str(MODEL), stride=5), progress=False, engine=_ray_engine(cluster)
-            )
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            box["error"] = exc
 
-    driver = threading.Thread(target=run)
-    driver.start()
-    deadline = time.time() + 120
-    # remove the worker node once it has finished a file and has the next one in hand
-    while time.time() < deadline and driver.is_alive():
-        stats = ray_engine.LAST_STATS
-        if stats is not None and stats.files == 7 and any(node == worker_node for node, _ in stats.workers):
-            break
-        time.sleep(0.02)
-    written_before = len(rows_by_video(out)) if out.exists() else 0
-    cluster.remove_node(cluster.worker, allow_graceful=False)
-    driver.join(240)
-    cluster.worker = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)  # for the tests after this one
-    assert not driver.is_alive()
-    if "error" in box:
-        raise box["error"]
-    assert written_before < 7, "the node must be removed in the middle of the run"
-    got = rows_by_video(out)
-    assert_same_rows(got, local_rows)  # every video, each exactly once (one row per track), same values
-    stats = ray_engine.LAST_STATS
-    assert stats.done == 7 and not stats.lost
+def test_prepare_node_removed_mid_run_gives_the_same_store(cluster, videos, local_store, tmp_path, monkeypatch) -> None:
+    from mtdistill.data.prepare import prepare
+    from mtdistill.engines import ray_engine
+
+    out, marks = tmp_path / "removed", tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(ray_engine, "_prepare_task", _traced("prepare", marks))
+    engine = _ray_engine(cluster)
+    _remove_worker_node_mid_run(
+        cluster,
+        lambda: prepare(videos, out, split="test", shard_size=1, progress=False, engine=engine),
+        files=7,
+        marks=marks,
+        finished=lambda: {str(int(p.stem.split("-")[1])) for p in (out / "shards").glob("shard-*.json")},
+    )
+    assert_same_store(out, local_store)
 
 
 def test_rerun_after_the_driver_is_killed_resumes(cluster, videos, local_rows, tmp_path) -> None:

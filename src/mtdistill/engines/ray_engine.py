@@ -219,8 +219,11 @@ def _gpu_device(spec_device: str | None) -> str | None:
 
 
 def _collect(ray, pending: dict, timeout: float):
-    """Yield (item, result, error) for the tasks that finish within timeout."""
-    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout, fetch_local=True)
+    """Yield (item, result, error) for the tasks finished now: waits up to timeout for the first one."""
+    refs = list(pending)
+    ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+    if ready:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     for ref in ready:
         item = pending.pop(ref)
         try:
@@ -284,6 +287,12 @@ def score_videos(
     LAST_STATS = stats
     if spec.device is None and engine.num_gpus > 0:
         spec = replace(spec, device="cuda")
+    # workers do not run in the driver's folder: model paths travel absolute (videos too, below)
+    spec = replace(
+        spec,
+        checkpoint=str(Path(spec.checkpoint).absolute()) if spec.checkpoint else None,
+        onnx=str(Path(spec.onnx).absolute()) if spec.onnx else None,
+    )
     written = done_videos(csv_path)
     todo = [v for v in videos if v not in written]
     remote = ray.remote(max_calls=0)(_score_task).options(
@@ -423,8 +432,7 @@ def prepare_shards(jobs: Sequence, engine: Engine, root: Path, extra: dict, bar)
             stats.done += len(job.items)
             stats.failed += len(side.get("skipped", []))
             bar.update(len(job.items))
-            left = len(queue) + len(pending)
-            bar.set_postfix(failed=stats.failed, shards_left=left, refresh=False)
+            bar.set_postfix(failed=stats.failed, remaining=stats.files - stats.done, refresh=False)
         if landed and time.time() - index_at > INDEX_EVERY_S:
             st.write_index(root, st.build_index(root, {**extra, "complete": False}))
             index_at = time.time()
