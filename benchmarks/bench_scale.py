@@ -14,7 +14,9 @@ Configurations (each pass writes a fresh CSV / store):
 Ray configurations run the batch twice: "cold" is the first pass (Ray starts its worker processes: import torch,
 load the model); "warm" is the second (the same job's workers are reused with the model already loaded), the rate
 a long corpus run sees. The local engine starts its processes on every call, so it runs once ("every").
-The 1-min load average before and after each pass is recorded: this machine is shared with other agents.
+The 1-min load average before and after each pass is recorded: this machine is shared with other agents, so wall
+times depend on their load. The CPU seconds that the pass cost (this process, its children and every Ray process,
+read from /proc) depend much less on it; "files / CPU-hour" is the rate one fully used core would give.
 """
 
 from __future__ import annotations
@@ -45,11 +47,52 @@ def make_corpus(root: Path, clips: int, duration: float) -> Path:
     return root
 
 
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process, its reaped children and every live descendant (Linux /proc).
+
+    Ray's processes (GCS, raylets, workers) descend from this process in every configuration here, and a worker
+    that exits is counted in its parent's cutime/cstime; so the difference over a pass is what the pass cost,
+    whatever else runs on the machine."""
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / tick  # utime, stime, cutime, cstime
+    return total
+
+
 def run_pass(task: str, corpus: Path, work: Path, engine, workers: int, stride: int) -> dict:
     from mtdistill.data.prepare import prepare
     from mtdistill.inference.score import ModelSpec, score_folder
 
     load0 = os.getloadavg()[0]
+    cpu0 = tree_cpu_seconds()
     t0 = time.perf_counter()
     if task == "score":
         summary = score_folder(
@@ -65,11 +108,15 @@ def run_pass(task: str, corpus: Path, work: Path, engine, workers: int, stride: 
         summary = prepare(corpus, work / "store", workers=workers, split="train", progress=False, engine=engine)
         n, ok = summary["inputs"], summary["stored"]
     seconds = time.perf_counter() - t0
+    cpu = tree_cpu_seconds() - cpu0
     return {
         "files": n,
         "ok": ok,
         "seconds": round(seconds, 2),
         "files_per_hour": round(3600 * n / seconds),
+        "cpu_s": round(cpu, 2),
+        "cpu_s_per_file": round(cpu / n, 3),
+        "files_per_cpu_hour": round(3600 * n / cpu),
         "load_before": round(load0, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }
@@ -98,9 +145,11 @@ def noop_overhead(ray, n: int = 400) -> dict:
     remote = ray.remote(_noop).options(num_cpus=1)
     ray.get([remote.remote(i) for i in range(8)])
     load0 = os.getloadavg()[0]
+    cpu0 = tree_cpu_seconds()
     t0 = time.perf_counter()
     ray.get([remote.remote(i) for i in range(n)])
     seconds = time.perf_counter() - t0
+    cpu = tree_cpu_seconds() - cpu0
     res = {
         "config": "ray local",
         "task": "empty task",
@@ -110,6 +159,9 @@ def noop_overhead(ray, n: int = 400) -> dict:
         "seconds": round(seconds, 2),
         "files_per_hour": round(3600 * n / seconds),
         "ms_per_task": round(1000 * seconds / n, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_s_per_file": round(cpu / n, 4),
+        "files_per_cpu_hour": round(3600 * n / cpu),
         "load_before": round(load0, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }
@@ -174,12 +226,14 @@ def main() -> int:
         "duration_s": args.duration,
         "stride": args.stride,
     }
-    print("\n| config | task | pass | files | s | files/hour | load 1-min before / after |")
-    print("|---|---|---|---:|---:|---:|---|")
+    head = "| config | task | pass | files | wall s | files/hour | CPU s / file | files / CPU-hour | load |"
+    print("\n" + head)
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for r in results:
         print(
             f"| {r['config']} | {r['task']} | {r['phase']} | {r['files']} | {r['seconds']} | "
-            f"{r['files_per_hour']:,} | {r['load_before']} / {r['load_after']} |"
+            f"{r['files_per_hour']:,} | {r['cpu_s_per_file']} | {r['files_per_cpu_hour']:,} | "
+            f"{r['load_before']} / {r['load_after']} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
