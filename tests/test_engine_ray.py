@@ -385,3 +385,21 @@ def test_progress_bar_counts_done_failed_remaining(cluster, videos, tmp_path) ->
     assert (stats.done, stats.failed) == (2, 1)
     text = err.getvalue()
     assert "2/2" in text and "failed=1" in text and "remaining=0" in text
+
+
+def test_paths_missing_on_a_node_stop_the_run_with_one_line(cluster, tmp_path) -> None:
+    """No shared storage (a path the driver lists is not on the worker's disk), or a model the workers cannot load:
+    the run stops with one line instead of writing an error row for every file."""
+    from mtdistill.engines import ray_engine
+    from mtdistill.errors import UserError
+    from mtdistill.inference.score import ModelSpec
+
+    engine = _ray_engine(cluster)
+    spec = ModelSpec(checkpoint=str(MODEL), stride=5)
+    with pytest.raises(UserError, match=r"not visible on node .*same path"):
+        ray_engine.score_videos([str(tmp_path / "gone.mp4")], spec, engine, tmp_path / "a.csv", progress=False)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not load the model"):
+        ray_engine.score_videos([str(MODEL)], ModelSpec(checkpoint=str(bad)), engine, tmp_path / "b.csv", False)
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
