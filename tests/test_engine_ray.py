@@ -403,3 +403,59 @@ def test_paths_missing_on_a_node_stop_the_run_with_one_line(cluster, tmp_path) -
     with pytest.raises(UserError, match="could not load the model"):
         ray_engine.score_videos([str(MODEL)], ModelSpec(checkpoint=str(bad)), engine, tmp_path / "b.csv", False)
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+
+
+def _crash_on(kind: str, bad: str):
+    """The engine's task, except that its worker process dies (os._exit) whenever the input named ``bad`` is in it."""
+
+    def crashing(*args):
+        import os
+
+        from mtdistill.engines import ray_engine as engine_module
+
+        names = [os.path.basename(args[2])] if kind == "score" else [os.path.basename(i.path) for i in args[0].items]
+        if bad in names:
+            os._exit(1)
+        fn = engine_module._score_task if kind == "score" else engine_module._prepare_task
+        return fn(*args)
+
+    return crashing
+
+
+def test_a_file_that_kills_its_worker_is_one_error_row(cluster, videos, tmp_path, monkeypatch) -> None:
+    from mtdistill.engines import ray_engine
+    from mtdistill.inference.score import ModelSpec
+
+    monkeypatch.setattr(ray_engine, "_score_task", _crash_on("score", "clip1.mp4"))
+    engine = Engine("ray", address=cluster.address, max_retries=1)
+    todo = [str(videos / f"clip{i}.mp4") for i in range(3)]
+    stats = ray_engine.score_videos(todo, ModelSpec(checkpoint=str(MODEL), stride=5), engine, tmp_path / "s.csv", False)
+    assert (stats.done, stats.failed, stats.lost) == (3, 1, [])
+    rows = rows_by_video(tmp_path / "s.csv")
+    assert [r["error"] for r in rows[todo[1]]] == ["WorkerCrashedError: a worker died on this file 2 times"]
+    assert not rows[todo[0]][0]["error"] and not rows[todo[2]][0]["error"]
+
+
+def test_prepare_splits_a_shard_whose_worker_dies_and_skips_only_the_culprit(
+    cluster, videos, tmp_path, monkeypatch
+) -> None:
+    from tqdm import tqdm
+
+    from mtdistill.data import store as st
+    from mtdistill.data.layouts import discover
+    from mtdistill.data.prepare import ShardJob
+    from mtdistill.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "_prepare_task", _crash_on("prepare", "clip1.mp4"))
+    items = tuple(i for i in discover(videos, split="test").items if i.uid in ("clip0", "clip1", "clip2"))
+    root = tmp_path / "store"
+    (root / "shards").mkdir(parents=True)
+    job = ShardJob(0, items, str(root), str(videos), "haar", 1, {}, None)
+    engine = Engine("ray", address=cluster.address, max_retries=1)
+    with tqdm(total=3, disable=True) as bar:
+        stats = ray_engine.prepare_shards([job], engine, root, {}, bar)
+    assert (stats.done, stats.failed, stats.split) == (3, 1, 1)
+    index = st.build_index(root)
+    assert sorted(u["uid"] for u in index["utterances"]) == ["clip0", "clip2"]
+    assert [(s["uid"], s["reason"].split(":")[0]) for s in index["skipped"]] == [("clip1", "WorkerCrashedError")]
+    assert not (root / "shards" / "shard-00000.json").exists()  # the crashed shard was replaced by one per input
