@@ -108,7 +108,9 @@ def test_typed_configs_and_their_one_line_errors(tmp_path: Path) -> None:
         load_mult_config(write(tmp_path, "m.yaml", MULT_MINIMAL + "configuration: 7\n"))
     with pytest.raises(UserError, match=r"missing required key 'data\.pickle'"):
         load_mult_config(write(tmp_path, "m.yaml", "name: m\nkind: teacher\n"))
-    with pytest.raises(UserError, match=r"unknown key 'teacher\.ckpt'; known keys under teacher: checkpoint, heads, run"):
+    with pytest.raises(
+        UserError, match=r"unknown key 'teacher\.ckpt'; known keys under teacher: checkpoint, heads, run"
+    ):
         load_mult_config(write(tmp_path, "m.yaml", MULT_MINIMAL + "teacher: {ckpt: x}\n"))
 
 

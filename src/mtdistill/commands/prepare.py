@@ -61,19 +61,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "lzf / gzip: chunked and compressed (smaller files, slower reads)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    from mtdistill.engines import add_engine_arguments
+
+    add_engine_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from mtdistill.core.errors import UserError
     from mtdistill.data.prepare import prepare, summary_table
+    from mtdistill.engines import engine_from_args
 
     if args.workers < 1 or args.shard_size < 1 or args.detect_every < 1:
         raise UserError("--workers, --shard-size and --detect-every must be >= 1")
+    engine, workers, run_shards = engine_from_args(args), args.workers, None
+    if engine.is_ray:
+        from mtdistill.data.prepare_ray import ray_runner
+        from mtdistill.engines.ray_engine import connect, task_slots
+
+        connect(engine)  # a bad --ray-address is one line, before any work
+        workers, run_shards = task_slots(engine), ray_runner(engine)  # shards sized by the cluster's task slots
     summary = prepare(
         args.src,
         args.out,
-        workers=args.workers,
+        workers=workers,
         detector=args.detector,
         detect_every=args.detect_every,
         split_lists=args.split_lists,
@@ -82,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         compression=None if args.compression == "none" else args.compression,
         progress=not args.quiet,
+        run_shards=run_shards,
     )
     print(json.dumps(summary) if args.json else summary_table(summary))
     return 0 if summary["stored"] else 1

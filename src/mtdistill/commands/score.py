@@ -19,12 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mtdistill.commands.sync import add_model_arguments
 
     add_model_arguments(parser)
+    from mtdistill.engines import add_engine_arguments
+
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from mtdistill.commands.sync import check_model_arguments
+    from mtdistill.engines import engine_from_args
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
 
     check_model_arguments(args)
@@ -40,8 +44,19 @@ def run(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         rescan_every=args.rescan_every,
         bf16=args.bf16,
+        device=args.device,
     )
-    summary = score_folder(args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty())
+    engine = engine_from_args(args)
+    run_videos = None
+    if engine.is_ray:
+        from mtdistill.engines.ray_engine import connect
+        from mtdistill.inference.score_ray import ray_runner
+
+        connect(engine)  # a bad --ray-address is one line, before the model loads
+        run_videos = ray_runner(engine)
+    summary = score_folder(
+        args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty(), run_videos=run_videos
+    )
     print(format_table(summary))
     print(f"rows: {args.csv}; aggregates: {summary_path(args.csv)}")
     return 0

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -331,8 +331,13 @@ def prepare(
     shard_size: int = 64,
     compression: str | None = None,
     progress: bool = True,
+    run_shards: Callable[[list[ShardJob], Path, dict, tqdm], object] | None = None,
 ) -> dict:
-    """Run (or resume) a prepare; returns a summary dict (stored, skipped, reasons, shards, seconds)."""
+    """Run (or resume) a prepare; returns a summary dict (stored, skipped, reasons, shards, seconds).
+
+    ``run_shards``: builds the shard jobs elsewhere instead of in local worker processes (the Ray engine,
+    `mtdistill.data.prepare_ray`; ``workers`` then sizes the shards by the cluster's task slots). This process
+    stays the only writer of index.json, so the store is the same whichever engine built the shards."""
     t0 = time.time()
     src_p, root = Path(src).resolve(), Path(out)
     if workers < 1:
@@ -373,6 +378,9 @@ def prepare(
         disable=not progress,
         file=sys.stderr,
     )
+    if run_shards is not None and jobs:  # another engine (Ray) builds them all; the local loop gets none
+        run_shards(jobs, root, extra, bar)
+        jobs, workers = [], 1
     if workers <= 1:
         _init_worker(None)
         for job in jobs:

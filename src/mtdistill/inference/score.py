@@ -21,7 +21,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -74,6 +74,7 @@ class ModelSpec:
     detect_every: int | None = None
     rescan_every: int = 25
     bf16: bool = False
+    device: str | None = None
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -119,6 +120,7 @@ def _score_one(video: str) -> list[dict]:
             detect_every=spec.detect_every,
             rescan_every=spec.rescan_every,
             bf16=spec.bf16,
+            device=spec.device,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]
@@ -306,9 +308,18 @@ def _repair_tail(csv_path: Path) -> None:
 
 
 def score_folder(
-    folder: str | os.PathLike, csv_path: str | os.PathLike, spec: ModelSpec, workers: int = 1, progress: bool = True
+    folder: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    spec: ModelSpec,
+    workers: int = 1,
+    progress: bool = True,
+    run_videos: Callable[[list[str], ModelSpec, Path, bool], object] | None = None,
 ) -> dict:
-    """Score every not-yet-scored video under ``folder`` into ``csv_path``; returns the aggregates."""
+    """Score every not-yet-scored video under ``folder`` into ``csv_path``; returns the aggregates.
+
+    ``run_videos``: scores the videos elsewhere instead of in local worker processes (the Ray engine,
+    `mtdistill.inference.score_ray`); it appends their rows to the same CSV with the same resume rules, so the
+    result is the same whichever engine scored them."""
     from tqdm import tqdm
 
     videos = find_videos(folder)
@@ -321,6 +332,9 @@ def score_folder(
     done = done_videos(csv_path)
     todo = [str(v) for v in videos if str(v) not in done]
     _WORKER.update(model=model, spec=spec)  # the driver scores itself when workers == 1
+    if run_videos is not None and todo:  # another engine (Ray) scores them all; the local loop gets none
+        run_videos(todo, spec, csv_path, progress)
+        todo, progress = [], False
     with tqdm(total=len(todo), desc="score", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1:
             for v in todo:
