@@ -316,3 +316,24 @@ def test_stop_at_val_f1_ends_the_run_at_the_first_validation_that_reaches_it(wor
     assert epochs == {0}
     with pytest.raises(UserError, match=r"stop_at_val_f1' is a weighted F1 in \[0, 1\], got 70"):
         validate(recipe(workdir, "bad_stop", trainer={"stop_at_val_f1": 70}))
+
+
+def test_progress_in_a_log_file_is_one_plain_bar_without_lightning_banners(workdir: Path) -> None:
+    # stderr is a file, as in `mtdistill demo > demo.log 2>&1`: the training bar stays, nothing else of Lightning
+    cfg = recipe(workdir, "log_file", kind="train", trainer={"epochs": 1, "progress_bar": True})
+    cfg["loss"] = {"name": "bce"}
+    cfg["teacher"] = {"checkpoint": None}
+    path = write_recipe(workdir, cfg)
+    log = workdir / "log_file.stderr"
+    with open(log, "wb") as fh:
+        done = subprocess.run(
+            [sys.executable, "-m", "mtdistill", "train", str(path)], env=ENV, stdout=subprocess.PIPE, stderr=fh,
+            timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert json.loads(done.stdout.decode().strip().splitlines()[-1])["finished"] is True
+    assert "Epoch 0: 100%" in text  # the training bar is drawn (with carriage returns, on one line per epoch)
+    assert "\x1b" not in text  # no cursor movements (ESC[A of the nested validation bar) or colours
+    for banner in ("GPU available", "TPU available", "HPU available", "LOCAL_RANK", "Trainer.fit", "Validation"):
+        assert banner not in text, banner
