@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.quirks import Quirks
 from mtdistill.data import store as st
 from mtdistill.models.vocalist import VocaLiST, VocaLiSTConfig
 from mtdistill.training.config import validate
@@ -389,7 +390,7 @@ def test_datamodule_shards_ranks_and_keeps_the_fixed_val_set_whole(workdir: Path
     cfg = validate(recipe(workdir, "dm"))
     uids = []
     for rank in (0, 1):
-        dm = PairDataModule(cfg["data"], seed=7, preset="mtd", quirks=__import__("mtdistill").quirks.Quirks())
+        dm = PairDataModule(cfg["data"], seed=7, preset="mtd", quirks=Quirks())
         dm.trainer = FakeTrainer(rank)
         dm.setup("fit")
         uids.append(set(dm.train_set.uids))
