@@ -124,6 +124,26 @@ def test_candidate_distances_sign_and_zero_padding() -> None:
     assert d[0, 0].item() == pytest.approx(torch.linalg.norm(video[0] + 1e-6).item(), rel=1e-5)
 
 
+def test_candidate_distances_with_a_stride_as_sync_uses_them() -> None:
+    # `sync --model syncnet --stride 4` embeds video windows 0, 4, 8, ... only (inference/syncnet_sync.py):
+    # row i holds window starts[i], compared with audio windows starts[i] - vshift .. starts[i] + vshift
+    rng = np.random.default_rng(2)
+    audio = rng.standard_normal((23, 6))
+    starts = np.arange(0, 23, 4)
+    video = audio[starts] + 0.01 * rng.standard_normal((len(starts), 6))  # each video window near its own audio
+    vshift = 5
+    d = candidate_distances(torch.from_numpy(video), torch.from_numpy(audio), vshift, starts).numpy()
+    expected = np.empty((len(starts), 2 * vshift + 1))
+    for i, s in enumerate(starts):  # written out: ||v_i - a_k + 1e-6||, a_k = 0 outside the clip
+        for j in range(2 * vshift + 1):
+            k = s - vshift + j
+            a = audio[k] if 0 <= k < len(audio) else np.zeros(6)
+            expected[i, j] = np.linalg.norm(video[i] - a + 1e-6)
+    np.testing.assert_allclose(d, expected, rtol=1e-10)
+    assert (d.argmin(1) == vshift).all()  # the matching audio is found at offset 0 in every row
+    assert lse_metrics(d, vshift).offset_frames == 0
+
+
 def test_face_crop_box_matches_syncnet_python_geometry() -> None:
     x0, y0, x1, y1 = face_crop_box(100.0, 80.0, 40.0)  # bs = 20, crop_scale 0.4
     assert (x1 - x0, y1 - y0) == (56, 56)  # square of side 2 bs (1 + cs)

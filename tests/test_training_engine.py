@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import Quirks
@@ -243,8 +245,114 @@ def test_run_folder_then_sigkill_and_exact_resume(workdir: Path) -> None:
     assert len(refused.stderr.strip().splitlines()) == 1
 
 
+class DistillStep(nn.Module):
+    """One training step's loss as a module: DDP then wraps the student and the loss's UW weights together."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, video: torch.Tensor, mel: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        return m.loss(m.student_forward(video, mel, True), m.teacher_forward(video, mel), labels)
+
+
+def distill_step(cfg: dict[str, Any]) -> tuple[DistillStep, torch.optim.Optimizer]:
+    """The MTD step of the recipe as training/run.py builds it (seeded), in eval mode so dropout is off."""
+    from mtdistill.training.config import quirks_of
+    from mtdistill.training.module import SyncLightningModule
+    from mtdistill.training.run import build_losses, build_model, build_teacher
+
+    cfg = validate(cfg)
+    quirks = quirks_of(cfg).replace(first_iteration_lr_zero=False)
+    torch.manual_seed(0)
+    student, teacher = build_model(cfg["model"], quirks), build_teacher(cfg, quirks)
+    loss, _ = build_losses(cfg, quirks, student, teacher)
+    module = SyncLightningModule(student, loss, {**cfg, "_quirks": quirks}, teacher=teacher)
+    return DistillStep(module).eval(), module.configure_optimizers()["optimizer"]
+
+
+def step_once(step: nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """zero_grad, loss, backward, optimizer step; the gradients and the updated weights of the wrapped module."""
+    opt.zero_grad()
+    step(batch["video"], batch["mel"], batch["label"].float()).backward()
+    opt.step()
+    named = dict(step.named_parameters())
+    return {
+        "grads": {k: p.grad.detach().clone() for k, p in named.items() if p.grad is not None},
+        "weights": {k: p.detach().clone() for k, p in named.items()},
+    }
+
+
+def ddp_rank(rank: int, world: int, port: int, cfg: dict[str, Any], batch: dict, out: str) -> None:
+    """One rank of a gloo group: its share of the batch through DistributedDataParallel, one step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        step, opt = distill_step(cfg)
+        share = len(batch["label"]) // world
+        mine = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
+        result = step_once(DistributedDataParallel(step), opt, mine)
+        result["grads"] = {k.removeprefix("module."): v for k, v in result["grads"].items()}
+        result["weights"] = {k.removeprefix("module."): v for k, v in result["weights"].items()}
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_gloo(workdir: Path) -> None:
+def test_a_ddp_step_on_two_processes_equals_one_process_on_the_whole_batch(workdir: Path, tmp_path: Path) -> None:
+    from torch.utils.data import default_collate
+
+    from mtdistill.data.pairs import PairDataset
+
+    cfg = recipe(workdir, "ddp_step", optim={"schedule": "constant", "lr": 3e-3}, quirks={})
+    data = PairDataset(str(workdir / "store"), split="pretrain", seed=1, length=4, fixed=True)
+    batch = {k: v for k, v in default_collate([data[i] for i in range(4)]).items() if k in ("video", "mel", "label")}
+
+    with one_thread():
+        step, opt = distill_step(cfg)
+        initial = {k: p.detach().clone() for k, p in step.named_parameters()}
+        whole = step_once(step, opt, batch)
+    context = torch.multiprocessing.start_processes(
+        ddp_rank, args=(2, free_port(), cfg, batch, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.time() + 240
+    while not context.join(timeout=5):  # a rank that fails raises here, with its traceback
+        assert time.time() < deadline, "the 2-process gloo step did not finish within 240 s"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    uw = "module.loss.params"
+    assert uw in whole["grads"] and len(whole["grads"]) == sum(p.requires_grad for p in step.parameters())
+    for rank in ranks:
+        assert rank["grads"].keys() == whole["grads"].keys()
+        for key, grad in whole["grads"].items():  # all-reduced (averaged) gradients = the whole batch's
+            torch.testing.assert_close(rank["grads"][key], grad, rtol=1e-5, atol=1e-6, msg=key)
+        for key, weight in whole["weights"].items():
+            # Adam's first step is lr * g / (|g| + 1e-8): entries whose gradient is zero in exact arithmetic
+            # (the key bias of an attention, |g| ~ 1e-10 of float noise) move by up to lr either way in both runs
+            real = whole["grads"][key].abs() > 1e-7 if key in whole["grads"] else torch.ones_like(weight, dtype=bool)
+            torch.testing.assert_close(rank["weights"][key][real], weight[real], rtol=1e-5, atol=1e-6, msg=key)
+            assert ((rank["weights"][key] - initial[key]).abs() <= 3e-3 * 1.001).all(), key
+    assert not torch.equal(whole["weights"][uw], initial[uw])  # the step moved the loss weights too
+    # and each rank alone (half the batch) would have given other gradients: the all-reduce did the work
+    with one_thread():
+        step, opt = distill_step(cfg)
+        half = step_once(step, opt, {k: v[:2] for k, v in batch.items()})
+    assert not torch.allclose(half["grads"][uw], whole["grads"][uw], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_gloo_end_to_end(workdir: Path) -> None:
     cfg = recipe(
         workdir,
         "ddp",
@@ -317,3 +425,24 @@ def test_stop_at_val_f1_ends_the_run_at_the_first_validation_that_reaches_it(wor
     assert epochs == {0}
     with pytest.raises(UserError, match=r"stop_at_val_f1' is a weighted F1 in \[0, 1\], got 70"):
         validate(recipe(workdir, "bad_stop", trainer={"stop_at_val_f1": 70}))
+
+
+def test_progress_in_a_log_file_is_one_plain_bar_without_lightning_banners(workdir: Path) -> None:
+    # stderr is a file, as in `mtdistill demo > demo.log 2>&1`: the training bar stays, nothing else of Lightning
+    cfg = recipe(workdir, "log_file", kind="train", trainer={"epochs": 1, "progress_bar": True})
+    cfg["loss"] = {"name": "bce"}
+    cfg["teacher"] = {"checkpoint": None}
+    path = write_recipe(workdir, cfg)
+    log = workdir / "log_file.stderr"
+    with open(log, "wb") as fh:
+        done = subprocess.run(
+            [sys.executable, "-m", "mtdistill", "train", str(path)], env=ENV, stdout=subprocess.PIPE, stderr=fh,
+            timeout=300,
+        )  # fmt: skip
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert json.loads(done.stdout.decode().strip().splitlines()[-1])["finished"] is True
+    assert "Epoch 0: 100%" in text  # the training bar is drawn (with carriage returns, on one line per epoch)
+    assert "\x1b" not in text  # no cursor movements (ESC[A of the nested validation bar) or colours
+    for banner in ("GPU available", "TPU available", "HPU available", "LOCAL_RANK", "Trainer.fit", "Validation"):
+        assert banner not in text, banner

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,38 +133,42 @@ def find_runs(paths: list[str | Path]) -> Report:
 # ---------------------------------------------------------------------------------------------------- tables
 
 
-def table1_rows(runs: list[Run]) -> list[dict]:
-    """Table 1: accuracy (%) per K for each of our runs, each followed by the paper's row for that method."""
+def _ours_then_paper(
+    runs: list[Run],
+    table: str,
+    key: str,
+    ours: Callable[[Run], dict],
+    paper_row: Callable[[str], str | None],
+    paper: Mapping[str, Mapping],
+) -> list[dict]:
+    """Each of our runs that belongs to ``table``, followed by the paper's row for its method (once), then the
+    paper's remaining rows in the paper's order; ``key`` names the method column."""
     rows, used = [], set()
     for run in runs:
-        if "table1" not in run.tables or run.results is None:
+        if table not in run.tables or run.results is None:
             continue
-        rows.append({"method": run.method, "source": f"ours ({run.name})", **{k: run.accuracy(k) for k in LENGTHS}})
-        ref = reference.table1_row(run.method)
+        rows.append({key: run.method, "source": f"ours ({run.name})", **ours(run)})
+        ref = paper_row(run.method)
         if ref is not None and ref not in used:
             used.add(ref)
-            rows.append({"method": ref, "source": "paper", **reference.TABLE1[ref]})
-    for ref, accs in reference.TABLE1.items():
-        if ref not in used:
-            rows.append({"method": ref, "source": "paper", **accs})
-    return rows
+            rows.append({key: ref, "source": "paper", **paper[ref]})
+    return rows + [{key: ref, "source": "paper", **values} for ref, values in paper.items() if ref not in used]
+
+
+def table1_rows(runs: list[Run]) -> list[dict]:
+    """Table 1: accuracy (%) per K for each of our runs, each followed by the paper's row for that method."""
+    return _ours_then_paper(
+        runs, "table1", "method", lambda run: {k: run.accuracy(k) for k in LENGTHS}, reference.table1_row,
+        reference.TABLE1,
+    )  # fmt: skip
 
 
 def table2_rows(runs: list[Run]) -> list[dict]:
     """Table 2 (poster ablation, NMTD on fusion layer 4): validation F1 and K=5 accuracy, ours and the paper's."""
-    rows, used = [], set()
-    for run in runs:
-        if "table2" not in run.tables or run.results is None:
-            continue
-        rows.append({"loss": run.method, "source": f"ours ({run.name})", "val_f1": run.val_f1, "acc5": run.accuracy(5)})
-        ref = reference.table2_row(run.method)
-        if ref is not None and ref not in used:
-            used.add(ref)
-            rows.append({"loss": ref, "source": "paper", **reference.TABLE2[ref]})
-    for ref, vals in reference.TABLE2.items():
-        if ref not in used:
-            rows.append({"loss": ref, "source": "paper", **vals})
-    return rows
+    return _ours_then_paper(
+        runs, "table2", "loss", lambda run: {"val_f1": run.val_f1, "acc5": run.accuracy(5)}, reference.table2_row,
+        reference.TABLE2,
+    )  # fmt: skip
 
 
 def fig3_bars(runs: list[Run]) -> list[tuple[str, float]]:

@@ -18,6 +18,7 @@ import json
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,32 +78,29 @@ def _metadata(model: nn.Module, graph: str, int8: bool) -> dict[str, str]:
     }
 
 
+BATCH_AXES = {"video": 0, "mel": 0, "logits": 0, "video_tokens": 1, "audio_tokens": 1}
+"""The dynamic batch axis of every graph input and output (the tokens are sequence-first)."""
+EXPORT_OPTIONS: dict[str, Any] = {"dynamo": False, "do_constant_folding": True}
+"""The TorchScript exporter: exact parity on this model and no onnxscript dependency."""
+
+
 def _export_one(
-    module: nn.Module,
-    args: tuple,
-    path: Path,
-    inputs: list[str],
-    outputs: list[str],
-    batch_axes: dict[str, int],
-    opset: int,
-    meta: dict[str, str],
+    module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path, opset: int, meta: dict[str, str]
 ) -> Path:
     import onnx
 
-    dynamic = {name: {axis: "batch"} for name, axis in batch_axes.items()}
+    names = [*inputs, *outputs]
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-        # The TorchScript exporter: exact parity on this model and no onnxscript dependency.
         torch.onnx.export(
             module,
-            args,
+            tuple(inputs.values()),
             str(tmp),
-            input_names=inputs,
+            input_names=list(inputs),
             output_names=outputs,
-            dynamic_axes=dynamic,
+            dynamic_axes={name: {BATCH_AXES[name]: "batch"} for name in names},
             opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
+            **EXPORT_OPTIONS,
         )
         proto = onnx.load(str(tmp))
         for key, value in meta.items():
@@ -169,58 +167,20 @@ def _export_all(model: nn.Module, path: Path, opset: int, split: bool) -> list[P
     gen = torch.Generator().manual_seed(0)  # example inputs for tracing; leave the caller's RNG alone
     video = torch.rand(2, 15, 48, 96, generator=gen) * 255.0
     mel = torch.rand(2, 1, 80, 16, generator=gen) * 8.0 - 4.0
-    written = [
-        _export_one(
-            _Full(model),
-            (video, mel),
-            path,
-            ["video", "mel"],
-            ["logits"],
-            {"video": 0, "mel": 0, "logits": 0},
-            opset,
-            _metadata(model, "full", False),
-        )
-    ]
+    # graph name, module, example inputs by name, output names, file
+    graphs = [("full", _Full(model), {"video": video, "mel": mel}, ["logits"], path)]
     if split:
         parts = split_paths(path)
-        vt, at = model.encode_video(video), model.encode_audio(mel)
-        written.append(
-            _export_one(
-                _Video(model),
-                (video,),
-                parts["video"],
-                ["video"],
-                ["video_tokens"],
-                {"video": 0, "video_tokens": 1},
-                opset,
-                _metadata(model, "video", False),
-            )
-        )
-        written.append(
-            _export_one(
-                _Audio(model),
-                (mel,),
-                parts["audio"],
-                ["mel"],
-                ["audio_tokens"],
-                {"mel": 0, "audio_tokens": 1},
-                opset,
-                _metadata(model, "audio", False),
-            )
-        )
-        written.append(
-            _export_one(
-                _Backend(model),
-                (vt, at),
-                parts["backend"],
-                ["video_tokens", "audio_tokens"],
-                ["logits"],
-                {"video_tokens": 1, "audio_tokens": 1, "logits": 0},
-                opset,
-                _metadata(model, "backend", False),
-            )
-        )
-    return written
+        tokens = {"video_tokens": model.encode_video(video), "audio_tokens": model.encode_audio(mel)}
+        graphs += [
+            ("video", _Video(model), {"video": video}, ["video_tokens"], parts["video"]),
+            ("audio", _Audio(model), {"mel": mel}, ["audio_tokens"], parts["audio"]),
+            ("backend", _Backend(model), tokens, ["logits"], parts["backend"]),
+        ]
+    return [
+        _export_one(module, inputs, outputs, target, opset, _metadata(model, graph, False))
+        for graph, module, inputs, outputs, target in graphs
+    ]
 
 
 def int8_path(path: str | Path) -> Path:

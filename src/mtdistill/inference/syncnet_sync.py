@@ -35,6 +35,7 @@ from mtdistill.models.syncnet import (
     FACE_SIZE,
     JpegRoundTrip,
     SyncNet,
+    candidate_distances,
     crop_face,
     face_crop_box,
     lse_metrics,
@@ -100,18 +101,7 @@ class _SyncNetTrack:
             for s in range(0, self.n, 256):
                 win = mfcc_windows(feat, np.arange(s, min(s + 256, self.n)))
                 aud.append(net.forward_aud(win.to(device)).cpu())
-        audio_emb = torch.cat(aud)
-        video_emb = torch.cat(self.embeddings)
-        # rows are windows self.starts; candidate j = audio window start - vshift + j, zero outside 0..N-1
-        padded = torch.nn.functional.pad(audio_emb, (0, 0, vshift, vshift))
-        d = torch.stack(
-            [
-                torch.nn.functional.pairwise_distance(
-                    video_emb[i : i + 1].expand(2 * vshift + 1, -1), padded[int(s) : int(s) + 2 * vshift + 1], eps=1e-6
-                )
-                for i, s in enumerate(self.starts)
-            ]
-        )
+        d = candidate_distances(torch.cat(self.embeddings), torch.cat(aud), vshift, self.starts)
         return lse_metrics(d, vshift), d
 
 

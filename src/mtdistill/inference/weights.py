@@ -27,23 +27,15 @@ class OfficialWeights:
 
 
 MTD_STUDENT = OfficialWeights(
-    name="MTDVocaLiST student (13.28M, LRS2)",
-    filename="pure_MTDVocaLiST.pth",
+    name="MTDVocaLiST student (13.28M, LRS2)", filename="pure_MTDVocaLiST.pth", preset="mtd", direct=True,
     url="https://github.com/xjchenGit/MTDVocaLiST/releases/download/v1.0/pure_MTDVocaLiST.pth",
-    preset="mtd",
-    min_bytes=45_000_000,
-    max_bytes=70_000_000,
-    direct=True,
-)
+    min_bytes=45_000_000, max_bytes=70_000_000,
+)  # fmt: skip
 VOCALIST_TEACHER = OfficialWeights(
-    name="VocaLiST teacher (80.1M, LRS2)",
-    filename="vocalist_5f_lrs2.pth",
+    name="VocaLiST teacher (80.1M, LRS2)", filename="vocalist_5f_lrs2.pth", preset="vocalist", direct=False,
     url="https://drive.google.com/drive/folders/1-g4qHUNNcCZpmSqEflKMxPMvwnn9e88N",
-    preset="vocalist",
-    min_bytes=300_000_000,
-    max_bytes=1_200_000_000,
-    direct=False,
-)
+    min_bytes=300_000_000, max_bytes=1_200_000_000,
+)  # fmt: skip
 OFFICIAL = (MTD_STUDENT, VOCALIST_TEACHER)
 
 NO_CHECKPOINT_MESSAGE = (

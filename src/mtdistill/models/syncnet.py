@@ -15,6 +15,7 @@ not copied from it. What is certain and what is not:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -280,17 +281,25 @@ class LSEResult:
     curve: list[float]  # mean distance per candidate offset j (column j = audio shift vshift - j)
 
 
-def candidate_distances(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int = SEARCH_RANGE) -> torch.Tensor:
-    """(N, 2*vshift+1) distances: row i, column j = ||v_i - a_{i - vshift + j}||, audio zero-padded.
+def candidate_distances(
+    video_emb: torch.Tensor,
+    audio_emb: torch.Tensor,
+    vshift: int = SEARCH_RANGE,
+    starts: Sequence[int] | np.ndarray | None = None,
+) -> torch.Tensor:
+    """(N, 2*vshift+1) distances: row i, column j = ||v_i - a_{s_i - vshift + j}||, audio zero-padded.
 
-    As syncnet_python's calc_pdist: the audio embeddings are padded with zero vectors, so edge candidates are
-    distances to the zero vector (they take part in the mean, like upstream).
+    ``video_emb`` row i is the video window starting at frame ``starts[i]`` (default: i, every window) and
+    ``audio_emb`` row k the audio window starting at frame k. As syncnet_python's calc_pdist: the audio
+    embeddings are padded with zero vectors, so edge candidates are distances to the zero vector (they take
+    part in the mean, like upstream).
     """
     n = video_emb.shape[0]
+    starts = range(n) if starts is None else [int(s) for s in starts]
     padded = torch.nn.functional.pad(audio_emb, (0, 0, vshift, vshift))
     rows = [
-        pairwise_distance(video_emb[i : i + 1].expand(2 * vshift + 1, -1), padded[i : i + 2 * vshift + 1])
-        for i in range(n)
+        pairwise_distance(video_emb[i : i + 1].expand(2 * vshift + 1, -1), padded[s : s + 2 * vshift + 1])
+        for i, s in enumerate(starts)
     ]
     return torch.stack(rows) if rows else torch.zeros(0, 2 * vshift + 1)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,36 @@ _QUIET = (
     ".*is smaller than the logging interval.*",
     ".*tensorboardX.*",
 )
+_QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+"""Their INFO lines are Trainer banners ("GPU available: ...", "TPU available: ...", "LOCAL_RANK: 0 - ...",
+"`Trainer.fit` stopped: ..."): hidden during a run; their warnings and errors still show."""
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's banners and expected warnings (``_QUIET``) off for the duration of a run."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            for pattern in _QUIET:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def stderr_progress_bar() -> Any:
-    """Lightning's tqdm bar, drawn on stderr so that stdout stays clean for results."""
+    """Lightning's tqdm bar, drawn on stderr so that stdout stays clean for results.
+
+    When stderr is not a terminal (a log file, a pipe) only the training bar is drawn, one line per epoch:
+    the validation bar is nested under it and moves the cursor with ESC[A, which a file keeps as garbage.
+    """
     from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
     class StderrTQDM(TQDMProgressBar):
         def init_sanity_tqdm(self) -> Any:
@@ -38,6 +65,8 @@ def stderr_progress_bar() -> Any:
                 return super().init_train_tqdm()
 
         def init_validation_tqdm(self) -> Any:
+            if not sys.stderr.isatty():
+                return Tqdm(disable=True)
             with contextlib.redirect_stdout(sys.stderr):
                 return super().init_validation_tqdm()
 
@@ -101,8 +130,6 @@ def fit_run(
         if t.get(key) is not None:
             kwargs[key] = t[key]
     kwargs.update(trainer_kwargs)
-    with warnings.catch_warnings():
-        for pattern in _QUIET:
-            warnings.filterwarnings("ignore", message=pattern)
+    with quiet_lightning():
         trainer = pl.Trainer(**kwargs)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)

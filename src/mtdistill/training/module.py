@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mtdistill.metrics.f1 import F1_STATS, batch_f1_stats, epoch_f1_from_stats
 from mtdistill.models.vocalist import SyncOutput, VocaLiST
 from mtdistill.training.checkpoints import ResumableStateMixin, reseed
-from mtdistill.training.schedule import EpochStepLR
+from mtdistill.training.schedule import EpochStepLR, LRSchedule
 
 
 def convert_preset(video: Tensor, src: str | None, dst: str | None) -> Tensor:
@@ -35,6 +35,14 @@ def convert_preset(video: Tensor, src: str | None, dst: str | None) -> Tensor:
 def needs_capture(loss: nn.Module) -> bool:
     """Whether the loss reads behaviour (attention, values, hidden states) and not just the logits."""
     return bool(getattr(loss, "needs_capture", getattr(loss, "needs_teacher", True)))
+
+
+def param_groups(model: nn.Module, loss: nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's groups: the model's trainable weights ("model"), then the loss's own ("loss": UW / AW
+    weights, a FitNets regressor) when it has any."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "name": "model"}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    return groups + ([{"params": loss_params, "name": "loss"}] if loss_params else [])
 
 
 class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
@@ -162,19 +170,16 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.cfg["optim"]
-        groups = [{"params": [p for p in self.student.parameters() if p.requires_grad], "name": "model"}]
-        loss_params = [p for p in self.loss.parameters() if p.requires_grad]
-        if loss_params:
-            groups.append({"params": loss_params, "name": "loss"})
+        groups = param_groups(self.student, self.loss)
         optimizer = torch.optim.Adam(groups, lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
-        scheduler = EpochStepLR(
-            optimizer,
+        schedule = LRSchedule(
             schedule=optim["schedule"],
             warmup_epochs=int(optim["warmup_epochs"]),
             step_size=int(optim["step_size"]),
             gamma=float(optim["gamma"]),
             first_iteration_lr_zero=bool(self.cfg["_quirks"].first_iteration_lr_zero),
         )
+        scheduler = EpochStepLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def configure_gradient_clipping(

@@ -10,13 +10,48 @@ Writing it as a function of (epoch, optimizer step) keeps resume exact: the stat
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+SCHEDULES = ("warmup_step", "constant")
 
-def warmup_step_factor(epoch: int, warmup_epochs: int = 10, step_size: int = 20, gamma: float = 0.8) -> float:
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The schedule's options, with the released values as defaults (spec 2.6).
+
+    schedule: "warmup_step" (released MTD) | "constant" (VocaLiST's own recipe, spec 3.5).
+    first_iteration_lr_zero: the very first optimizer step runs at lr 0 (``Quirks``).
+    """
+
+    schedule: str = "warmup_step"
+    warmup_epochs: int = 10
+    step_size: int = 20
+    gamma: float = 0.8
+    first_iteration_lr_zero: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+
+    def lr(self, epoch: int, step: int, base_lr: float) -> float:
+        """Learning rate of optimizer step ``step`` (0-based, global) taken during ``epoch``."""
+        if self.first_iteration_lr_zero and step == 0:
+            return 0.0
+        if self.schedule == "constant":
+            return base_lr
+        return base_lr * warmup_step_factor(epoch, self.warmup_epochs, self.step_size, self.gamma)
+
+
+def warmup_step_factor(
+    epoch: int,
+    warmup_epochs: int = LRSchedule.warmup_epochs,
+    step_size: int = LRSchedule.step_size,
+    gamma: float = LRSchedule.gamma,
+) -> float:
     """Spec 2.6: lr multiplier for 0-based ``epoch`` (linear warm-up to 1, then StepLR counted from the warm-up end)."""
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
@@ -25,23 +60,10 @@ def warmup_step_factor(epoch: int, warmup_epochs: int = 10, step_size: int = 20,
     return gamma ** ((epoch - warmup_epochs + 1) // step_size)
 
 
-def lr_at(
-    epoch: int,
-    step: int,
-    base_lr: float = 5e-5,
-    *,
-    schedule: str = "warmup_step",
-    warmup_epochs: int = 10,
-    step_size: int = 20,
-    gamma: float = 0.8,
-    first_iteration_lr_zero: bool = True,
-) -> float:
-    """Learning rate of optimizer step ``step`` (0-based, global) taken during ``epoch``."""
-    if first_iteration_lr_zero and step == 0:
-        return 0.0
-    if schedule == "constant":  # VocaLiST's own recipe (spec 3.5)
-        return base_lr
-    return base_lr * warmup_step_factor(epoch, warmup_epochs, step_size, gamma)
+def lr_at(epoch: int, step: int, base_lr: float = 5e-5, **options: Any) -> float:
+    """Learning rate of optimizer step ``step`` (0-based, global) taken during ``epoch``; ``options`` are
+    the fields of ``LRSchedule``."""
+    return LRSchedule(**options).lr(epoch, step, base_lr)
 
 
 class EpochStepLR(LRScheduler):
@@ -51,37 +73,15 @@ class EpochStepLR(LRScheduler):
     Every param group (student weights, loss weights) follows the same schedule, as in the released code.
     """
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        *,
-        schedule: str = "warmup_step",
-        warmup_epochs: int = 10,
-        step_size: int = 20,
-        gamma: float = 0.8,
-        first_iteration_lr_zero: bool = True,
-    ) -> None:
-        if schedule not in ("warmup_step", "constant"):
-            raise ValueError(f"unknown schedule {schedule!r}")
-        self.schedule = schedule
-        self.warmup_epochs = warmup_epochs
-        self.step_size = step_size
-        self.gamma = gamma
-        self.first_iteration_lr_zero = first_iteration_lr_zero
+    def __init__(self, optimizer: Optimizer, schedule: LRSchedule | None = None) -> None:
+        # plain values in the state (checkpoints), so that they load with torch.load(weights_only=True)
+        self.options = asdict(schedule or LRSchedule())
         self.epoch = 0
         super().__init__(optimizer)
 
     def _lr(self, base_lr: float) -> float:
-        return lr_at(
-            self.epoch,
-            self.last_epoch,  # LRScheduler counts calls to step(): here, optimizer steps taken so far
-            base_lr,
-            schedule=self.schedule,
-            warmup_epochs=self.warmup_epochs,
-            step_size=self.step_size,
-            gamma=self.gamma,
-            first_iteration_lr_zero=self.first_iteration_lr_zero,
-        )
+        # LRScheduler counts calls to step() in last_epoch: here, optimizer steps taken so far
+        return LRSchedule(**self.options).lr(self.epoch, self.last_epoch, base_lr)
 
     def get_lr(self) -> list[float]:
         return [self._lr(base) for base in self.base_lrs]
