@@ -403,7 +403,6 @@ def test_paths_missing_on_a_node_stop_the_run_with_one_line(cluster, tmp_path) -
     """No shared storage (a path the driver lists is not on the worker's disk), or a model the workers cannot load:
     the run stops with one line instead of writing an error row for every file."""
     from mtdistill.core.errors import UserError
-
     from mtdistill.inference.score import ModelSpec
 
     engine = _ray_engine(cluster)
