@@ -55,8 +55,8 @@ def test_reader_errors_are_one_line_user_errors(tmp_path):
     (tmp_path / MULT_FILE).write_bytes(pickle.dumps({"train": bad, "valid": bad, "test": bad}))
     with pytest.raises(UserError, match="inconsistent"):
         load_mosei(tmp_path)
-    (tmp_path / MULT_FILE).write_bytes(pickle.dumps({"train": print}))  # a global that is not NumPy
-    with pytest.raises(UserError, match="refusing to load builtins.print"):
+    (tmp_path / MULT_FILE).write_bytes(pickle.dumps({"train": len}))  # a global that is not NumPy
+    with pytest.raises(UserError, match="refusing to load builtins.len"):
         load_mosei(tmp_path)
     (tmp_path / MULT_FILE).write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="cannot read"):
