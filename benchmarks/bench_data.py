@@ -6,7 +6,7 @@ Run by hand (minutes on 2 cores):
 
 1. `synth` a corpus, export it to the Wav2Lip-preprocessed layout (jpg face crops + audio.wav, as Wav2Lip's
    preprocess.py does), and `prepare` that layout into stores (contiguous default and lzf-compressed).
-2. Draw training pairs with the official rule (spec §3.4) from both:
+2. Draw training pairs with the official rule (design.md §3.4) from both:
    - jpg: what the official loaders do per sample: list + natural-sort the utterance's jpgs, check the 5 files,
      cv2.imread + resize 96x96 + lower half of each, soundfile seek/read of the 3,200-sample chunk(s);
    - store: mtdistill.data.pairs.PairDataset (memory-mapped shard, same rule);

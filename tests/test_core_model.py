@@ -111,7 +111,7 @@ def test_pe_rule_channel0_zero_gives_zero_pe():
 
 
 def test_random_init_video_tokens_get_no_pe(student):
-    """At random init the video prenet's channel 0 is ReLU-zero for most tokens (spec 1.6)."""
+    """At random init the video prenet's channel 0 is ReLU-zero for most tokens (design.md §1.6)."""
     video, _ = _inputs()
     with torch.no_grad():
         tokens = student.encode_video(video)

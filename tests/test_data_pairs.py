@@ -1,4 +1,4 @@
-"""Pair sampler: the official rule of spec §3.4, the +-15 mode, determinism, presets and shapes."""
+"""Pair sampler: the official rule of design.md §3.4, the +-15 mode, determinism, presets and shapes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Baseline losses of Table 1 (spec 2.5): KD over the batch vs binary, RKD, FitNets, MiniLM*."""
+"""Baseline losses of Table 1 (design.md §2.5): KD over the batch vs binary, RKD, FitNets, MiniLM*."""
 
 from __future__ import annotations
 

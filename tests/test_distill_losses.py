@@ -26,7 +26,7 @@ from mtdistill.distill import (
     vr_loss,
 )
 
-BLOCK_ORDER = ("fusion", "av", "va")  # the official index order of spec 2.4, written out independently
+BLOCK_ORDER = ("fusion", "av", "va")  # the official index order of design.md §2.4, written out independently
 SHAPES = {"av": (16, 5), "va": (5, 16), "fusion": (16, 5)}  # (Tq, Tk) per block for a 5-frame input
 
 
@@ -42,7 +42,7 @@ class FakeOut:
 
 
 def va_mask(tq: int = 5, tk: int = 16) -> torch.Tensor:
-    """The VA leftover future mask (spec 1.7): True where j - i >= 1 + |Tk - Tq|."""
+    """The VA leftover future mask (design.md §1.7): True where j - i >= 1 + |Tk - Tq|."""
     i = torch.arange(tq)[:, None]
     j = torch.arange(tk)[None, :]
     return (j - i) >= 1 + abs(tk - tq)

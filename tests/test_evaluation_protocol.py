@@ -1,4 +1,4 @@
-"""The retrieval protocol (spec 4.1-4.4) on designed logits: a fake model that knows which windows it sees."""
+"""The retrieval protocol (design.md §4.1-4.4) on designed logits: a fake model that knows which windows it sees."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class PlantedFactorised(PlantedModel):
 
 
 def official_mask_loop(n: int) -> np.ndarray:
-    """A literal transcription of the official if/elif (spec 4.2)."""
+    """A literal transcription of the official if/elif (design.md §4.2)."""
     mask = np.zeros((n, 31), dtype=bool)
     for i in range(n):
         if i < 15:

@@ -1,4 +1,4 @@
-"""mtdistill.audio: the official mel recipe (spec vocalist.md §3.2) and load_audio on real encoded files."""
+"""mtdistill.audio: the official mel recipe (design.md §3.2) and load_audio on real encoded files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mtdistill.media.testmedia import tone, write_audio, write_video
 
 
 def reference_mel(wave: np.ndarray) -> np.ndarray:
-    """An independent float64 numpy implementation of spec §3.2 (np.fft, explicit reflect pad)."""
+    """An independent float64 numpy implementation of design.md §3.2 (np.fft, explicit reflect pad)."""
     x = np.pad(wave.astype(np.float64), (400, 400), mode="reflect")
     n_frames = 1 + (len(x) - 800) // 200
     win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(800) / 800)  # periodic Hann

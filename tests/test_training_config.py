@@ -29,7 +29,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-# ---- schedule (spec 2.6) ----
+# ---- schedule (design.md §2.6) ----
 
 
 def test_warmup_then_step_numbers_from_the_spec() -> None:
@@ -76,7 +76,7 @@ def test_scheduler_applies_the_closed_form_to_both_param_groups() -> None:
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([4e-5] * 2)
 
 
-# ---- validation F1 (spec 4.5) ----
+# ---- validation F1 (design.md §4.5) ----
 
 
 def test_batch_weighted_f1_thresholds_the_logit_at_half() -> None:

@@ -1,4 +1,4 @@
-"""Training / validation pairs sampled on the fly from a packed store (spec vocalist.md §3.4).
+"""Training / validation pairs sampled on the fly from a packed store (design.md §3.4).
 
 The official rule (the default):
 
@@ -36,7 +36,7 @@ NEGATIVE_TRIES = 11
 
 
 def rms(chunk: np.ndarray) -> float:
-    """Root mean square of an audio chunk (the silence test of spec §3.4 compares it with 0.01)."""
+    """Root mean square of an audio chunk (the silence test of design.md §3.4 compares it with 0.01)."""
     c = np.asarray(chunk, np.float64)
     return float(np.sqrt(np.mean(c * c))) if c.size else 0.0
 
@@ -66,7 +66,7 @@ def draw_pair(
     chunk_rms: Callable[[int], float],
     quirks: Quirks,
 ) -> tuple[int, int, float] | None:
-    """One attempt of spec §3.4 steps 2-4 on an utterance of n usable frames.
+    """One attempt of design.md §3.4 steps 2-4 on an utterance of n usable frames.
 
     Returns (video start, audio start, label) or None when the attempt must restart (a gap in the window, or
     11 silent negatives for a silent positive). chunk_rms(start) gives the RMS of the chunk at start * 640.
@@ -167,7 +167,7 @@ class PairDataset(Dataset):
         return v
 
     def sample(self, rng: np.random.Generator) -> tuple[str, int, int, float]:
-        """Draw (uid, video start, audio start, label) by the rule of spec §3.4."""
+        """Draw (uid, video start, audio start, label) by the rule of design.md §3.4."""
         for _ in range(100_000):
             k = int(rng.integers(len(self.uids)))
             uid, n = self.uids[k], self.n_usable[k]

@@ -1,6 +1,6 @@
 """Write a corpus in the Wav2Lip-preprocessed layout (for tests and the loader benchmark).
 
-Mirrors what spec §3.1 says Wav2Lip's preprocess.py does: every 25 fps frame, the FIRST detected face, box
+Mirrors what design.md §3.1 says Wav2Lip's preprocess.py does: every 25 fps frame, the FIRST detected face, box
 clipped at 0 and cast to int, no padding and no smoothing, the tight crop saved as {frame_idx}.jpg; frames
 without a detection are skipped (gaps in the numbering); the audio as audio.wav (16 kHz 16-bit mono).
 """

@@ -1,4 +1,4 @@
-"""The baseline distillation losses of Table 1 (spec 2.5): KD, RKD and FitNets hints, as plain functions.
+"""The baseline distillation losses of Table 1 (design.md §2.5): KD, RKD and FitNets hints, as plain functions.
 
 The loss *modules* that combine them with BCE live in ``mtdistill.distill.losses``.
 """
@@ -16,7 +16,7 @@ FITNETS_BETA = 100.0
 
 
 def kd_over_batch(student_logits: Tensor, teacher_logits: Tensor, temperature: float = KD_TEMPERATURE) -> Tensor:
-    """Hinton KD as released (spec 2.5): T^2 * KL(softmax(t/T) || softmax(s/T)), softmax over the BATCH (dim 0).
+    """Hinton KD as released (design.md §2.5): T^2 * KL(softmax(t/T) || softmax(s/T)), softmax over the BATCH (dim 0).
 
     The scalar sync logits of the batch form one distribution; 'batchmean' divides the sum by B.
     """

@@ -25,7 +25,7 @@ from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import FAITHFUL, KL_REDUCTIONS
 
 VA_CLAMP_MIN = 1e-5
-"""The released code clamps VA attention logits (teacher and student) at this minimum (spec 2.3)."""
+"""The released code clamps VA attention logits (teacher and student) at this minimum (design.md §2.3)."""
 
 
 class CapturedBehaviour(Protocol):

@@ -7,7 +7,7 @@ Learnable parts (``params`` of AW/UW, the FitNets regressor) are ordinary parame
 trainer optimises them in a second param group and, when ``loss.max_grad_norm`` is set, calls
 ``loss.clip_grad_norm_(parameters)`` between ``backward()`` and ``step()``.
 
-Combination rule for the baselines (spec 2.5): ``BCE + alpha * L_distill`` with alpha = 1.
+Combination rule for the baselines (design.md §2.5): ``BCE + alpha * L_distill`` with alpha = 1.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from mtdistill.distill.weighting import WEIGHTINGS, automatic_weighting, uncerta
 
 Layer = tuple[str, int]
 BLOCKS = ("fusion", "av", "va")
-"""Official term order (spec 2.4): fusion layers 1..4, then AV 1..4, then VA 1..4."""
+"""Official term order (design.md §2.4): fusion layers 1..4, then AV 1..4, then VA 1..4."""
 N_LAYERS = 4
 ALL_LAYERS: tuple[Layer, ...] = tuple((block, layer) for block in BLOCKS for layer in range(N_LAYERS))
 BEHAVIOURS = ("cad", "vr")
@@ -308,7 +308,7 @@ class NMTDLoss(MTDLoss):
 
 @register("aw", family=VOCALIST)
 class AWLoss(MTDLoss):
-    """Eq. 3 with automatic weighting, w = softmax(params), 13 or 25 learnable weights (spec 2.4)."""
+    """Eq. 3 with automatic weighting, w = softmax(params), 13 or 25 learnable weights (design.md §2.4)."""
 
     def __init__(
         self,
@@ -325,7 +325,7 @@ class AWLoss(MTDLoss):
 
 @register("minilm", family=VOCALIST)
 class MiniLMLoss(MTDLoss):
-    """MiniLM*: BCE + CAD + VR of the last Fusion layer only, uniform weights (spec 2.5, an inference)."""
+    """MiniLM*: BCE + CAD + VR of the last Fusion layer only, uniform weights (design.md §2.5, an inference)."""
 
     def __init__(
         self,
@@ -371,7 +371,7 @@ class KDLoss(DistillLoss):
     def forward(self, student_out: CapturedBehaviour, teacher_out: CapturedBehaviour, labels: Tensor) -> Tensor:
         labels = self._check(student_out, teacher_out, labels)
         bce = bce_loss(student_out, labels)
-        kd_fn = kd_over_batch if self.over_batch else kd_binary  # spec 2.5 / Quirks.kd_softmax_over_batch
+        kd_fn = kd_over_batch if self.over_batch else kd_binary  # design.md §2.5 / Quirks.kd_softmax_over_batch
         kd = kd_fn(student_out.logits, teacher_out.logits, self.temperature)
         return self._finish(bce + self.alpha * kd, {"bce": bce, "kd": kd})
 
@@ -385,7 +385,7 @@ class RKDLoss(DistillLoss):
 
     features: "pooled" (default) = ``out.pooled`` (B, d), the classifier's input after max-pool, fc and tanh;
     "fusion" = the Fusion block output ``hidden["fusion"][-1]`` (B, 16, d) flattened per sample. The release
-    never says which features it used (spec 2.5); the pooled embedding is the sample-level representation.
+    never says which features it used (design.md §2.5); the pooled embedding is the sample-level representation.
     """
 
     def __init__(

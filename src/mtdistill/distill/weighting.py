@@ -14,14 +14,14 @@ WEIGHTINGS = ("uniform", "aw", "uw")
 
 
 def uniform_weighting(losses: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Eq. 3 with uniform weights: w_0 = 1 for BCE and w = alpha (= 1, spec 2.5) for every distillation term."""
+    """Eq. 3 with uniform weights: w_0 = 1 for BCE and w = alpha (= 1, design.md §2.5) for every distillation term."""
     weights = torch.full_like(losses, alpha)
     weights[0] = 1.0
     return (weights * losses).sum(), weights.detach()
 
 
 def automatic_weighting(losses: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-    """Eq. 3 with AW: w = softmax(params) over all n tasks (spec 2.4); total = sum_i w_i * L_i."""
+    """Eq. 3 with AW: w = softmax(params) over all n tasks (design.md §2.4); total = sum_i w_i * L_i."""
     weights = torch.softmax(params.to(losses), dim=0)
     return (weights * losses).sum(), weights.detach()
 

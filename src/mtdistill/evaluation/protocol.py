@@ -1,4 +1,4 @@
-"""The official retrieval protocol of VocaLiST / MTDVocaLiST (spec 4.1-4.4).
+"""The official retrieval protocol of VocaLiST / MTDVocaLiST (design.md §4.1-4.4).
 
 For every 5-frame visual window i of an utterance, 31 audio windows (original windows i-15 .. i+15, zero-padded
 at the ends) are scored; the best one gives the offset ``15 - argmax``, correct when ``|offset| <= 1``. Longer
@@ -33,17 +33,17 @@ from mtdistill.core.timing import (
 from mtdistill.models.vocalist import is_vocalist_family
 
 MASK_SCORE = -1000.0
-"""Score given to zero-padded candidates by the official code (spec 4.2)."""
+"""Score given to zero-padded candidates by the official code (design.md §4.2)."""
 TOLERANCE = 1
-"""A window is correct when its offset is within +-1 frame (spec 4.4)."""
+"""A window is correct when its offset is within +-1 frame (design.md §4.4)."""
 DEFAULT_LENGTHS = (5, 7, 9, 11, 13, 15)
 
 
-# --------------------------------------------------------------------------------------------- windows (spec 4.1)
+# --------------------------------------------------------------------------------------------- windows (design.md §4.1)
 
 
 def n_windows(n_frames: int, n_samples: int, n_mel: int | None = None, exclude_last: bool = True) -> int:
-    """Number of scored windows N (spec 4.1).
+    """Number of scored windows N (design.md §4.1).
 
     ``min_length = min(n_frames, n_samples // 640)``; the official code uses ``N = min_length - 5``, dropping the
     last valid window (``Quirks.eval_exclude_last_window``). Without the quirk ``N = min_length - 4``, reduced so
@@ -58,21 +58,21 @@ def n_windows(n_frames: int, n_samples: int, n_mel: int | None = None, exclude_l
 
 
 def video_windows(frames: torch.Tensor, n: int) -> torch.Tensor:
-    """(F, 3, 48, 96) frames -> (n, 15, 48, 96) windows of frames i..i+4, channels frame-major (spec 1.1)."""
+    """(F, 3, 48, 96) frames -> (n, 15, 48, 96) windows of frames i..i+4, channels frame-major (design.md §1.1)."""
     index = torch.arange(n)[:, None] + torch.arange(WINDOW_FRAMES)[None, :]
     win = frames[index.reshape(-1)]
     return win.reshape(n, WINDOW_FRAMES * frames.shape[1], *frames.shape[2:])
 
 
 def audio_windows(mel: torch.Tensor, n: int) -> torch.Tensor:
-    """(80, M) utterance mel -> (n, 1, 80, 16) windows starting at mel column int(80 i / 25) (spec 4.1)."""
+    """(80, M) utterance mel -> (n, 1, 80, 16) windows starting at mel column int(80 i / 25) (design.md §4.1)."""
     starts = torch.tensor([mel_window_start(i) for i in range(n)], dtype=torch.long)
     cols = starts[:, None] + torch.arange(MEL_WINDOW)[None, :]
     return mel[:, cols].permute(1, 0, 2).unsqueeze(1)
 
 
 def padded_index(n: int) -> np.ndarray:
-    """(n, 31) index of the audio window behind each candidate; -1 marks zero padding (spec 4.2).
+    """(n, 31) index of the audio window behind each candidate; -1 marks zero padding (design.md §4.2).
 
     Candidate j of visual window i is padded audio window i + j, i.e. original audio window i - 15 + j.
     """
@@ -81,11 +81,11 @@ def padded_index(n: int) -> np.ndarray:
     return idx
 
 
-# ------------------------------------------------------------------------------------- scoring core (spec 4.2-4.4)
+# ------------------------------------------------------------------------------------- scoring core (design.md §4.2-4.4)
 
 
 def padding_mask(n: int, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> np.ndarray:
-    """(n, 31) bool, True for zero-padded candidates that get -1000 (spec 4.2).
+    """(n, 31) bool, True for zero-padded candidates that get -1000 (design.md §4.2).
 
     The official code uses an if/elif: rows with i < 15 mask only the left padding (j < 15 - i), so when n < 30 a
     row that is also a right-edge row (i >= n - 15) keeps its right-padding candidates unmasked. ``official_edges``
@@ -104,14 +104,14 @@ def padding_mask(n: int, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> n
 
 
 def mask_padding(logits: np.ndarray, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> np.ndarray:
-    """Raw (N, 31) logits -> scores with padded candidates set to -1000 (spec 4.2)."""
+    """Raw (N, 31) logits -> scores with padded candidates set to -1000 (design.md §4.2)."""
     scores = np.array(logits, dtype=np.float64, copy=True)
     scores[padding_mask(scores.shape[0], official_edges)] = MASK_SCORE
     return scores
 
 
 def context_scores(scores: np.ndarray, k: int) -> np.ndarray:
-    """K-frame scores: row i = mean of the 5-frame rows max(0, i-h) .. min(N-1, i+h), h = (K-5)/2 (spec 4.3).
+    """K-frame scores: row i = mean of the 5-frame rows max(0, i-h) .. min(N-1, i+h), h = (K-5)/2 (design.md §4.3).
 
     An edge-truncated centred moving average over stride-1 windows; the -1000 masks take part, as in the official
     code. K = 5 returns the rows unchanged.
@@ -129,17 +129,17 @@ def context_scores(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def offsets(scores: np.ndarray) -> np.ndarray:
-    """Offset per row = 15 - argmax_j (spec 4.2) = video index - audio index; positive = audio leads video."""
+    """Offset per row = 15 - argmax_j (design.md §4.2) = video index - audio index; positive = audio leads video."""
     return SEARCH_RANGE - np.argmax(scores, axis=1)
 
 
 def correct_rows(row_offsets: np.ndarray, tolerance: int = TOLERANCE) -> np.ndarray:
-    """Rows whose offset is within +-tolerance frames (spec 4.4)."""
+    """Rows whose offset is within +-tolerance frames (design.md §4.4)."""
     return np.abs(row_offsets) <= tolerance
 
 
 def macro_average(per_utterance: Sequence[dict[int, float]]) -> dict[int, float]:
-    """Unweighted mean of per-utterance accuracies per K (spec 4.4: a macro average, not over windows)."""
+    """Unweighted mean of per-utterance accuracies per K (design.md §4.4: a macro average, not over windows)."""
     if not per_utterance:
         raise UserError("no utterance was evaluated; check the data (every utterance was skipped)")
     keys = list(per_utterance[0])
@@ -166,7 +166,7 @@ class UtteranceScores:
     logits: raw (N, 31) model logits, candidate j = original audio window i - 15 + j; zero-padded candidates are
     scored on an all-zero mel window (one shared value per row), and the fast path leaves the ones the edge rule
     masks at -1000 unless skip_masked=False. scores: logits with padded candidates at -1000 per the edge rule
-    (spec 4.2). context / offsets / correct / accuracy: per context length K (spec 4.3-4.4). min_length:
+    (design.md §4.2). context / offsets / correct / accuracy: per context length K (design.md §4.3-4.4). min_length:
     min(n_frames, n_samples // 640).
     """
 
@@ -187,7 +187,7 @@ def evaluate_logits(
     official_edges: bool = FAITHFUL.eval_ifelif_edges,
     min_length: int | None = None,
 ) -> UtteranceScores:
-    """Run the scoring core on a raw (N, 31) logit matrix (spec 4.2-4.4)."""
+    """Run the scoring core on a raw (N, 31) logit matrix (design.md §4.2-4.4)."""
     lengths = check_lengths(lengths)
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2 or logits.shape[1] != N_CANDIDATES or logits.shape[0] < 1:
@@ -226,7 +226,7 @@ def _progress(total: int, enabled: bool, desc: str):
 def candidate_logits_plain(
     model: nn.Module, video: torch.Tensor, audio: torch.Tensor, progress: bool = False
 ) -> np.ndarray:
-    """Official-style scoring: per visual window one forward of its 31 (window, candidate) pairs (spec 4.2).
+    """Official-style scoring: per visual window one forward of its 31 (window, candidate) pairs (design.md §4.2).
 
     video (N, 15, 48, 96), audio (N, 1, 80, 16) on the model's device -> (N, 31) float32 logits.
     """
@@ -334,7 +334,7 @@ def score_utterance(
     skip_masked: bool = True,
     progress: bool = False,
 ) -> UtteranceScores:
-    """Score one utterance with the official protocol (spec 4.1-4.4) and keep every intermediate.
+    """Score one utterance with the official protocol (design.md §4.1-4.4) and keep every intermediate.
 
     frames (F, 3, 48, 96) float, already in the model's input preset; mel (80, M) utterance mel; n_samples: length
     of the 16 kHz waveform (default (M - 1) * 200). fast=None picks the factorised path for VocaLiST-family models;
@@ -395,7 +395,7 @@ def utterance_accuracy(
     quirks: Quirks | None = None,
     progress: bool = False,
 ) -> dict[int, float]:
-    """Per-utterance accuracy per context length K, as a fraction in [0, 1] (spec 4.4).
+    """Per-utterance accuracy per context length K, as a fraction in [0, 1] (design.md §4.4).
 
     The public API (ARCHITECTURE.md): any torch module mapping (video, mel) -> logits is accepted; the keyword
     options are those of `score_utterance`. The protocol's quirks come from ``quirks`` (default: faithful);

@@ -1,7 +1,7 @@
 """The published numbers we compare against (MTDVocaLiST paper, its poster, and the MTD repository's logs).
 
 Accuracies in %, LRS2 test set, per context length K (frames). Sources: ../shared/papers/001 (Table 1, Fig. 2, the
-text of section 4), 000 (poster: Table 2 ablation with validation F1) and spec section 4.4 (logs).
+text of section 4), 000 (poster: Table 2 ablation with validation F1) and design.md §4.4 (logs).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ SOTA: dict[str, dict] = {
     "VocaLiST": {"params_m": 80.1, "acc": _row(92.8, 96.7, 98.4, 99.3, 99.6, 99.8)},
     "MTDVocaLiST": {"params_m": 13.280961, "acc": TABLE1["MTD"]},
 }
-"""Fig. 2 reference points (spec 4.4 table). SyncNet and PM sizes are not given in the paper (params_m None)."""
+"""Fig. 2 reference points (design.md §4.4 table). SyncNet and PM sizes are not given in the paper (params_m None)."""
 
 REPRO_LOGS: dict[str, dict[int, float]] = {
     "repro VocaLiST (teacher, 80,106,561)": _row(92.44, 96.52, 98.27, 99.13, 99.53, 99.76),
     "pure_MTDVocaLiST (13,280,961)": _row(91.46, 95.74, 97.99, 98.95, 99.46, 99.68),
 }
-"""Evaluation logs shipped in the MTD repository (spec 4.4)."""
+"""Evaluation logs shipped in the MTD repository (design.md §4.4)."""
 
 FIG3_ORDER = ("BCE", "F1", "F2", "F3", "F4", "AV1", "AV2", "AV3", "AV4", "VA1", "VA2", "VA3", "VA4", "Uniform",
               "AW-13D", "AW-25D", "UW-13D", "UW-25D")  # fmt: skip

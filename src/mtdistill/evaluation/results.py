@@ -81,7 +81,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def results_markdown(results: dict) -> str:
-    """results.md: our accuracies beside the paper's teacher and student (spec 4.4)."""
+    """results.md: our accuracies beside the paper's teacher and student (design.md §4.4)."""
     ks = [int(k) for k in results["accuracy"]]
     header = ["model", "source", *[f"K={k}" for k in ks]]
     rows = [[results["model"], "ours", *[results["accuracy"][str(k)] for k in ks]]]

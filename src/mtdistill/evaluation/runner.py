@@ -1,4 +1,4 @@
-"""Run the protocol over a store split and gather the macro-averaged accuracies (spec 4.4) and validation F1 (4.5)."""
+"""Run the protocol over a store split and gather the macro-averaged accuracies (design.md §4.4) and validation F1 (4.5)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class StoreEvaluation:
 def skip_reason(n_frames: int, n_samples: int, valid: np.ndarray | None, exclude_last: bool = True) -> str | None:
     """Why an utterance cannot be evaluated, or None.
 
-    The official loader hangs on a missing frame (spec 4.1), so utterances with detection gaps are skipped; so are
+    The official loader hangs on a missing frame (design.md §4.1), so utterances with detection gaps are skipped; so are
     utterances too short for one window.
     """
     min_length = min(n_frames, n_samples // SAMPLES_PER_FRAME)

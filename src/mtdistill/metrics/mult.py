@@ -1,6 +1,6 @@
 """CMU-MOSEI sentiment metrics: MulT's ``eval_mosei_senti`` plus the 7-class metrics of the seed paper.
 
-Conventions (spec mult_crd.md 2.2 / 2.3):
+Conventions (design.md §M2.2 / 2.3):
 - sentiment scores live in [-3, 3]; a 7-class id is round_half_even(clip(y, -3, 3)) + 3 (0 = -3 ... 6 = +3);
 - Acc2 / F1 (binary) compare (pred > 0) with (truth > 0) over the samples whose truth is non-zero;
 - F1 for the 7 classes is reported both weighted (the MulT convention) and macro.
@@ -68,7 +68,7 @@ def regression_metrics(pred: object, truth: object) -> dict[str, float]:
 
 
 def majority_baseline(train_classes: object, test_classes: object) -> dict[str, float]:
-    """Accuracy and F1 of always answering the most frequent training class (sanity check, spec 2.3)."""
+    """Accuracy and F1 of always answering the most frequent training class (sanity check, design.md §M2.3)."""
     tr = np.asarray(train_classes, dtype=np.int64).reshape(-1)
     te = np.asarray(test_classes, dtype=np.int64).reshape(-1)
     if tr.size == 0 or te.size == 0:

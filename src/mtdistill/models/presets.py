@@ -1,4 +1,4 @@
-"""Input presets: how RGB mouth crops become model input (spec 3.3).
+"""Input presets: how RGB mouth crops become model input (design.md §3.3).
 
 Everything on disk is RGB uint8. A preset is applied when frames become a tensor:
 

@@ -1,4 +1,4 @@
-"""VocaLiST (teacher) and MTDVocaLiST (student): one class, two sizes (spec sections 1-2).
+"""VocaLiST (teacher) and MTDVocaLiST (student): one class, two sizes (design.md §1-2).
 
     video (B, 3*T, 48, 96) --vid_prenet (17 Conv3d blocks)--> T video tokens ---+
     mel   (B, 1, 80, 16*T/5) --aud_prenet (14 Conv2d blocks)--> 16T/5 audio tokens+
@@ -85,7 +85,7 @@ class ConvBlock(nn.Module):
 
 
 # (cin index, cout index, kernel, stride, padding, residual); index -1 = input channels, i = widths[i]
-# Conv3d axes are (image H, image W, time): time is never strided, so one token per frame (spec 1.3).
+# Conv3d axes are (image H, image W, time): time is never strided, so one token per frame (design.md §1.3).
 # fmt: off
 _VIDEO_LAYERS = [
     (-1, 0, 7, 1, 3, False), (0, 1, 5, (1, 2, 1), (1, 1, 2), False), (1, 1, 3, 1, 1, True), (1, 1, 3, 1, 1, True),
@@ -141,7 +141,7 @@ class VocaLiST(nn.Module):
                     data_dependent_pe=self.quirks.data_dependent_pe,
                 ),
             )
-        # Only va_transformer's mask bites (av/fusion have Tq > Tk, so nothing is masked): see spec 1.7.
+        # Only va_transformer's mask bites (av/fusion have Tq > Tk, so nothing is masked): see design.md §1.7.
         self.fc = nn.Linear(config.d_model, config.d_model)
         self.activ1 = nn.Tanh()
         self.classifier = nn.Linear(config.d_model, 1)

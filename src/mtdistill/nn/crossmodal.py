@@ -1,8 +1,8 @@
 """The cross-modal transformer encoder shared by VocaLiST and MulT.
 
 Read top to bottom: positional embedding -> attention -> layer -> encoder. The behaviour follows the
-official MulT / VocaLiST code as described in ../shared/spec/vocalist.md sections 1.5-1.8 (and
-mult_crd.md 1.4-1.7), written from that description:
+official MulT / VocaLiST code as described in design.md §1.5-1.8 (and
+design.md §M1.4), written from that description:
 
 * pre-LN layers; the first LayerNorm of a layer normalises query, key *and* value;
 * the source sequence is embedded once (x sqrt(d) + sinusoidal PE + its own dropout for K and for V) and the
@@ -42,7 +42,7 @@ def sinusoid_table(n_positions: int, dim: int, device: torch.device | None = Non
 
 
 class SinusoidalPositionalEmbedding(nn.Module):
-    """fairseq-style sinusoidal PE whose positions come from the data (spec 1.6).
+    """fairseq-style sinusoidal PE whose positions come from the data (design.md §1.6).
 
     ``_float_tensor`` is an unused persistent buffer kept only because official checkpoints carry it.
     """
@@ -67,7 +67,7 @@ class SinusoidalPositionalEmbedding(nn.Module):
 
 
 def offset_future_mask(tq: int, tk: int, device: torch.device | None = None, dtype=torch.float32) -> Tensor:
-    """Additive (Tq, Tk) mask: -inf where j - i >= 1 + |Tk - Tq|, else 0 (spec 1.7)."""
+    """Additive (Tq, Tk) mask: -inf where j - i >= 1 + |Tk - Tq|, else 0 (design.md §1.7)."""
     i = torch.arange(tq, device=device)[:, None]
     j = torch.arange(tk, device=device)[None, :]
     mask = torch.zeros(tq, tk, device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""Training / validation pairs from a packed store, sampled on the fly (spec 3.4), DDP-aware.
+"""Training / validation pairs from a packed store, sampled on the fly (design.md §3.4), DDP-aware.
 
 ``PairDataset`` ignores the index for random draws (as the official ``__getitem__`` does), so under DDP the
 DistributedSampler only decides *how many* items each rank draws; each rank reads only its own store shards
@@ -86,7 +86,7 @@ class PairDataModule(pl.LightningDataModule):
             self.train_set.set_epoch(epoch)
 
     def set_val_epoch(self, epoch: int) -> None:
-        # official validation pairs are re-drawn every epoch (spec 3.4); fixed ones ignore the epoch
+        # official validation pairs are re-drawn every epoch (design.md §3.4); fixed ones ignore the epoch
         if self.val_set is not None and hasattr(self.val_set, "set_epoch"):
             self.val_set.set_epoch(epoch)
 

@@ -1,6 +1,6 @@
-"""LightningModule for VocaLiST-family training: from scratch (BCE) or distillation from a frozen teacher (spec 2.6).
+"""LightningModule for VocaLiST-family training: from scratch (BCE) or distillation from a frozen teacher (design.md §2.6).
 
-One module serves both: with no teacher it is VocaLiST's own recipe (spec 3.5); with a teacher it is the MTD loop.
+One module serves both: with no teacher it is VocaLiST's own recipe (design.md §3.5); with a teacher it is the MTD loop.
 The teacher is deliberately *not* a registered submodule: it stays out of the checkpoints (80 M parameters per
 epoch file otherwise), out of the optimizer, out of DDP's gradient buckets and out of ``.train()``.
 """
@@ -20,7 +20,7 @@ from mtdistill.training.schedule import EpochStepLR, LRSchedule
 
 
 def convert_preset(video: Tensor, src: str | None, dst: str | None) -> Tensor:
-    """Re-express a (B, 3*T, H, W) window from one input preset in another (spec 3.3).
+    """Re-express a (B, 3*T, H, W) window from one input preset in another (design.md §3.3).
 
     mtd = RGB 0..255, vocalist = BGR [0, 1]. Needed when the official VocaLiST teacher (BGR) teaches a student
     fed the MTD pipeline (RGB): both see the same crops, each in its own convention.
@@ -49,7 +49,7 @@ class SyncLightningModule(ResumableStateMixin, pl.LightningModule):
     """Student (or teacher-from-scratch) training with any registered loss.
 
     Optimizer: one Adam with two param groups, the model and the loss's own parameters (UW/AW weights,
-    FitNets regressor), following the same epoch-wise schedule (spec 2.6).
+    FitNets regressor), following the same epoch-wise schedule (design.md §2.6).
     """
 
     def __init__(

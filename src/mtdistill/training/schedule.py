@@ -1,4 +1,4 @@
-"""The released MTD learning-rate schedule as a closed form (spec 2.6), and a scheduler that applies it.
+"""The released MTD learning-rate schedule as a closed form (design.md §2.6), and a scheduler that applies it.
 
 The official loop builds GradualWarmup(multiplier=1, total_epoch=10) -> StepLR(20, 0.8) and steps it with the
 *epoch number* after every iteration, so the lr is constant inside an epoch:
@@ -21,9 +21,9 @@ SCHEDULES = ("warmup_step", "constant")
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """The schedule's options, with the released values as defaults (spec 2.6).
+    """The schedule's options, with the released values as defaults (design.md §2.6).
 
-    schedule: "warmup_step" (released MTD) | "constant" (VocaLiST's own recipe, spec 3.5).
+    schedule: "warmup_step" (released MTD) | "constant" (VocaLiST's own recipe, design.md §3.5).
     first_iteration_lr_zero: the very first optimizer step runs at lr 0 (``Quirks``).
     """
 

@@ -1,6 +1,6 @@
 """Reader for MulT's CMU-MOSEI pickles (``mosei_senti_data_noalign.pkl`` and the synthetic look-alike).
 
-Layout (spec mult_crd.md 2.1): a dict with "train" / "valid" / "test", each a dict holding
+Layout (design.md §M2.1): a dict with "train" / "valid" / "test", each a dict holding
 ``text`` (N, 50, 300), ``audio`` (N, 500, 74), ``vision`` (N, 500, 35), ``labels`` (N, 1, 1) and optionally ``id``.
 Audio -inf values are replaced by 0 at load time (as MulT does); the sample index is returned with every item
 because CRD's memory bank is addressed by it.

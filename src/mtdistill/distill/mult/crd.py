@@ -1,6 +1,6 @@
 """Contrastive Representation Distillation (Tian et al. 2020) at the four levels of seed paper 002.
 
-Pieces (spec 3.1-3.3, written from the description, not from RepDistiller's code):
+Pieces (design.md §M3, written from the description, not from RepDistiller's code):
 - ``Embed``: Linear(dim_in -> feat_dim) then L2 normalisation, one per side, both trained;
 - ``ContrastMemory``: two non-trainable banks (n_data, feat_dim), student side and teacher side, momentum 0.5,
   normaliser Z fixed on the first batch; scores exp(<memory row, embedding> / T);
@@ -84,7 +84,7 @@ class NegativeSampler(nn.Module):
 
 
 class ContrastMemory(nn.Module):
-    """Two memory banks scored against the other side's embedding (spec 3.1)."""
+    """Two memory banks scored against the other side's embedding (design.md §M3)."""
 
     def __init__(self, feat_dim: int, n_data: int, nce_k: int, nce_t: float = 0.07, nce_m: float = 0.5) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 Every row of an attention map is a distribution over keys. For a transformer pair the loss is the cross-entropy
 between teacher and student rows at temperature t, averaged over rows and layers (eq. 12), then over pairs.
-The paper leaves choices open (spec 5.3); they are settings:
+The paper leaves choices open (design.md §M5); they are settings:
 - ``direction``: "teacher_target" = -P^T log P^S (the spec's reading; equals KL(P^T||P^S) + H(P^T)),
   "paper_literal" = -P^S log P^T (eq. 13 read with a = student, b = teacher);
 - ``tau_squared``: multiply by t^2 (Hinton) or not; ``heads``: "per_head" or "mean" (needed when head counts

@@ -39,7 +39,7 @@ def total_loss(ce: Tensor, kd: Tensor | None, alpha: float, beta: float) -> Tens
 
 
 def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """Hinton KD (RepDistiller form, spec 3.4): T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), batch mean."""
+    """Hinton KD (RepDistiller form, design.md §M3): T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), batch mean."""
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     p_t = F.softmax(teacher_logits / temperature, dim=1)
     return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature**2

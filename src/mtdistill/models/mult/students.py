@@ -138,7 +138,7 @@ class StudentConfig:
 def proxy_adapter(cfg: StudentConfig, index: int) -> nn.Module:
     """Conv1d(vision_dim -> d, no bias) producing proxy ``MODALITIES[index]`` with its target length.
 
-    Same length: a "same"-padded conv with kernel ``kernel_sizes[index]``. Shorter (EDAM-S, spec 5.2):
+    Same length: a "same"-padded conv with kernel ``kernel_sizes[index]``. Shorter (EDAM-S, design.md §M5):
     "strided" stride s = T_in // T_out and kernel T_in - (T_out - 1) s (500 -> 50: kernel = stride = 10);
     "unpadded" stride 1, kernel T_in - T_out + 1 (500 -> 50: kernel 451); "pool" adaptive average pool then 1x1 conv.
     """

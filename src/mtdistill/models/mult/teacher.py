@@ -8,7 +8,7 @@
 
 Naming: "lv" is MulT's ``trans_l_with_v`` (query L, key/value V). The seed paper writes the same transformer as
 "V <- L" (its Y <- X puts the query X on the right); see docs/mult.md.
-Attention dropout follows the *source* modality (spec 1.1); memory encoders have max(layers, 3) layers.
+Attention dropout follows the *source* modality (design.md §M1.1); memory encoders have max(layers, 3) layers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PE_POSITIONS = ("mult_pad_aware", "absolute")
 
 @dataclass(frozen=True)
 class MulTConfig:
-    """Every MulT setting; the defaults are the MulT repository's CMU-MOSEI defaults (spec 1.2)."""
+    """Every MulT setting; the defaults are the MulT repository's CMU-MOSEI defaults (design.md §M1.2)."""
 
     orig_dims: tuple[int, int, int] = (300, 74, 35)  # (text, audio, vision) feature sizes
     d: int = 30  # d_l = d_a = d_v (hard-coded 30 in the repo; the paper uses 40)
