@@ -81,7 +81,7 @@ def padded_index(n: int) -> np.ndarray:
     return idx
 
 
-# ------------------------------------------------------------------------------------- scoring core (design.md §4.2-4.4)
+# ---------------------------------------------------------------------------------- scoring core (design.md §4.2-4.4)
 
 
 def padding_mask(n: int, official_edges: bool = FAITHFUL.eval_ifelif_edges) -> np.ndarray:

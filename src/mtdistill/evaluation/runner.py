@@ -1,4 +1,4 @@
-"""Run the protocol over a store split and gather the macro-averaged accuracies (design.md §4.4) and validation F1 (4.5)."""
+"""Run the protocol over a store split: macro-averaged accuracies (design.md §4.4) and validation F1 (§4.5)."""
 
 from __future__ import annotations
 

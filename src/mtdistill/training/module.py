@@ -1,4 +1,4 @@
-"""LightningModule for VocaLiST-family training: from scratch (BCE) or distillation from a frozen teacher (design.md §2.6).
+"""LightningModule for VocaLiST-family training: from scratch (BCE) or distilled from a frozen teacher (§2.6).
 
 One module serves both: with no teacher it is VocaLiST's own recipe (design.md §3.5); with a teacher it is the MTD loop.
 The teacher is deliberately *not* a registered submodule: it stays out of the checkpoints (80 M parameters per
