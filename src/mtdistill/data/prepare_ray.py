@@ -27,6 +27,7 @@ from mtdistill.engines.ray_engine import (
     _is_crash,
     _node_and_pid,
     connect,
+    remote_task,
     task_slots,
 )
 
@@ -61,13 +62,7 @@ def prepare_shards(jobs: Sequence, engine: Engine, root: Path, extra: dict, bar)
     jobs = [replace(j, out=str(root)) for j in jobs]
     stats = RunStats(files=sum(len(j.items) for j in jobs))
     ray_engine.LAST_STATS = stats
-    remote = ray.remote(max_calls=0)(_prepare_task).options(
-        num_cpus=engine.num_cpus,
-        num_gpus=engine.num_gpus,
-        max_retries=engine.max_retries,
-        retry_exceptions=False,
-        name="mtdistill.prepare",
-    )
+    remote = remote_task(ray, _prepare_task, engine, "mtdistill.prepare")
     next_id = max((j.shard_id for j in jobs), default=-1) + 1
     queue = list(reversed(jobs))
     pending: dict = {}

@@ -216,6 +216,20 @@ def _gpu_device(spec_device: str | None) -> str | None:
     return f"cuda:{visible.index(gid) if gid in visible else int(gid)}"
 
 
+def remote_task(ray, fn, engine: Engine, name: str):
+    """``fn`` as a Ray task with the engine's resources; Ray re-runs it when its worker or node is lost.
+
+    ``max_calls=0`` keeps worker processes (and the model each caches) across tasks; a task's own exception is
+    never retried (it would fail the same way)."""
+    return ray.remote(max_calls=0)(fn).options(
+        num_cpus=engine.num_cpus,
+        num_gpus=engine.num_gpus,
+        max_retries=engine.max_retries,
+        retry_exceptions=False,
+        name=name,
+    )
+
+
 def _collect(ray, pending: dict, timeout: float):
     """Yield (item, result, error) for the tasks finished now: waits up to timeout for the first one."""
     refs = list(pending)

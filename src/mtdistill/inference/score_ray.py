@@ -27,6 +27,7 @@ from mtdistill.engines.ray_engine import (
     _node_and_pid,
     _one_line,
     connect,
+    remote_task,
     task_slots,
 )
 from mtdistill.inference import score as sc
@@ -75,13 +76,7 @@ def score_videos(
     )
     written = done_videos(csv_path)
     todo = [v for v in videos if v not in written]
-    remote = ray.remote(max_calls=0)(_score_task).options(
-        num_cpus=engine.num_cpus,
-        num_gpus=engine.num_gpus,
-        max_retries=engine.max_retries,
-        retry_exceptions=False,
-        name="mtdistill.score",
-    )
+    remote = remote_task(ray, _score_task, engine, "mtdistill.score")
     threads = max(1, int(engine.num_cpus))
     queue = list(reversed(todo))
     pending: dict = {}
