@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from mtdistill.media import DEFAULT_DETECTOR
+
 HELP = "pack LRS2 (raw or Wav2Lip-preprocessed) or any video folder into a sharded store (resumable)"
 
 
@@ -24,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="parallel processes (default: CPU count, at most 4)",
     )
     parser.add_argument(
-        "--detector", default="haar", help="face detector for videos: haar (default), mtcnn, or package.module:Class"
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        help=f"face detector for videos: {DEFAULT_DETECTOR} (default), haar, mtcnn, or package.module:Class",
     )
     parser.add_argument(
         "--detect-every",
@@ -67,9 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mtdistill.data.prepare import prepare, summary_table
     from mtdistill.errors import UserError
+    from mtdistill.media.detectors import check_detector
 
     if args.workers < 1 or args.shard_size < 1 or args.detect_every < 1:
         raise UserError("--workers, --shard-size and --detect-every must be >= 1")
+    check_detector(args.detector)
     summary = prepare(
         args.src,
         args.out,

@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
+    from mtdistill.media.detectors import check_detector
+
+    check_detector(args.detector)
 
     spec = ModelSpec(
         checkpoint=args.checkpoint,

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from mtdistill.data import store as st
 from mtdistill.data.layouts import Discovery, SourceItem, discover, read_ground_truth
 from mtdistill.errors import UserError
+from mtdistill.media.detectors import DEFAULT_DETECTOR
 
 MIN_FRAMES = 5  # one model window; the pair sampler applies the official > 25 rule itself
 WAV2LIP_FACE = 96  # Wav2Lip crops are resized to 96x96 and the lower half (rows 48:96) is kept
@@ -263,7 +264,7 @@ def prepare(
     src: str | os.PathLike,
     out: str | os.PathLike,
     workers: int = 1,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     detect_every: int = 1,
     split_lists: str | os.PathLike | None = None,
     split: str | None = None,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdistill.errors import UserError
+from mtdistill.media.detectors import DEFAULT_DETECTOR
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".wmv")
 COLUMNS = (
@@ -49,7 +50,7 @@ class ModelSpec:
     stride: int = 1
     vshift: int = 15
     min_confidence: float | None = None
-    detector: str = "haar"
+    detector: str = DEFAULT_DETECTOR
     detect_every: int | None = None
     rescan_every: int = 25
     bf16: bool = False

@@ -31,6 +31,7 @@ from torch import nn
 
 from mtdistill.errors import UserError
 from mtdistill.inference.scoring import VSHIFT, WINDOW, CurveAccumulator, PairScorer, n_audio_windows, score_chunk
+from mtdistill.media.detectors import DEFAULT_DETECTOR
 
 ANALYSIS_FPS = 25.0
 SIGN_CONVENTION = (
@@ -260,7 +261,7 @@ def sync_video(
     stride: int = 1,
     vshift: int = VSHIFT,
     min_confidence: float | None = None,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     device: str | None = None,
     progress: bool = False,
     chunk_windows: int = CHUNK_WINDOWS,

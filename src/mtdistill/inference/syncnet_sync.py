@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mtdistill.errors import UserError
+from mtdistill.media.detectors import DEFAULT_DETECTOR
 from mtdistill.models.syncnet import (
     FACE_SIZE,
     SyncNet,
@@ -100,7 +101,7 @@ def sync_video_syncnet(
     stride: int = 1,
     vshift: int = 15,
     min_confidence: float | None = None,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     device: str | None = None,
     progress: bool = False,
     detect_every: int | None = None,
