@@ -378,9 +378,10 @@ def _check_same_source(root: Path, extra: dict) -> None:
         return  # rebuilt from the sidecars below
     for key in ("src", "layout", "detector"):
         if key in old and old[key] != extra[key]:
+            hint = f" (--detector {old[key]})" if key == "detector" else ""
             raise UserError(
                 f"{root} already holds a store made with {key}={old[key]!r} (now {extra[key]!r}); "
-                "use a new OUT folder or the same settings to resume"
+                f"use a new OUT folder or the same settings{hint} to resume"
             )
 
 
