@@ -176,7 +176,11 @@ def smoothing(items: list[dict], det, strides: list[int]) -> list[dict]:
         if item["kind"] == "real" or not item["name"].startswith(("small_sadtalker", "sway30", "two_speakers")):
             continue
         for every in strides:
-            for label, opts in (("off", {"smooth": 1, "smooth_detections": 1}), ("on (default)", {})):
+            for label, opts in (
+                ("off", {"smooth": 1, "smooth_detections": 1}),
+                ("5 frames (before)", {"smooth_detections": 1}),
+                ("3 detections + 5 frames (now)", {}),
+            ):
                 tracks, _, _ = run_tracks(item, det, every, **opts)
                 f = score_face(tracks, item["boxes"][0])
                 rows.append(
@@ -327,6 +331,7 @@ def main() -> int:
     ap.add_argument("--no-sync", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-smoothing", action="store_true")
+    ap.add_argument("--smoothing-only", action="store_true", help="only the crop-jitter comparison")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if not all((args.realvideos / c).is_file() for c in CLIPS.values()):
@@ -335,7 +340,9 @@ def main() -> int:
     items = build_set(args.realvideos, args.out, args.only)
     detectors = {s.split(":")[-1]: d for s in args.detectors.split(",") if (d := load_detector(s)) is not None}
     strides = [int(s) for s in args.strides.split(",")]
-    rows = measure(items, detectors, strides, set(args.every_frame.split(",")))
+    rows = [] if args.smoothing_only else measure(items, detectors, strides, set(args.every_frame.split(",")))
+    if args.smoothing_only:
+        args.no_speed = args.no_sync = True
     speed = [] if args.no_speed else face_pass_speed(args.realvideos, detectors)
     sync_rows = [] if args.no_sync else sync_recovery(args.realvideos, args.out, detectors, args.sync_seeds)
     default = next(iter(detectors.values()))

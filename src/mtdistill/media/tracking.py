@@ -187,7 +187,7 @@ def match_matrix(pred: np.ndarray, dets: np.ndarray, iou_threshold: float, near:
         (p[..., 0] + p[..., 2] - d[..., 0] - d[..., 2]) / 2, (p[..., 1] + p[..., 3] - d[..., 1] - d[..., 3]) / 2
     )
     ratio = np.maximum(sp, sd) / np.maximum(np.minimum(sp, sd), 1e-9)
-    close = (dist <= near * np.sqrt(sp * sd)) & (ratio <= 1.5)
+    close = (dist <= near * np.sqrt(np.abs(sp * sd))) & (ratio <= 1.5)
     return np.where(close & (iou < iou_threshold), iou_threshold, iou)
 
 
@@ -198,18 +198,20 @@ class _Live:
     scores: list[float]
 
     def predict(self, k: int) -> np.ndarray:
-        """The box expected at frame k: the last one moved on with the velocity between the last two
-        detections (constant motion), by at most one face size."""
+        """The box expected at frame k: the last one, its centre moved on at the velocity between the last two
+        detections (constant motion), by at most one face size; the size is kept."""
         last = self.boxes[-1]
         if len(self.frames) < 2 or k <= self.frames[-1]:
             return last
-        v = (self.boxes[-1] - self.boxes[-2]) / max(1, self.frames[-1] - self.frames[-2])
-        step = v * (k - self.frames[-1])
+        prev = self.boxes[-2]
+        dt = max(1, self.frames[-1] - self.frames[-2])
+        step = np.array([(last[0] + last[2]) - (prev[0] + prev[2]), (last[1] + last[3]) - (prev[1] + prev[3])])
+        step = step / (2 * dt) * (k - self.frames[-1])
         size = max(float(last[2] - last[0]), float(last[3] - last[1]), 1.0)
-        shift = float(np.hypot((step[0] + step[2]) / 2, (step[1] + step[3]) / 2))
+        shift = float(np.hypot(*step))
         if shift > size:
             step = step * (size / shift)
-        return last + step
+        return last + np.array([step[0], step[1], step[0], step[1]], last.dtype)
 
 
 class IouTracker:
@@ -361,10 +363,14 @@ def track_faces(
                 live = tracker.live
                 near, seen = _worth_searching(live, min_relative_score, last_k)
                 if regions and seen.any() and k - last_scan < rescan_every:
-                    expect = tracker.predicted(k)  # where each face should be now (constant motion)
-                    dets = np.asarray(detect_near(det, rgb, expect[near] / to_frame), np.float32).reshape(-1, 5)
+                    # search around where each face was (the 2.5x square covers half a face size of motion and
+                    # more; centring it on the motion prediction let Haar's false positives on background
+                    # texture drift and gain detections), then require each face near where it should be now
+                    last = np.stack([t.boxes[-1] for t in live])
+                    dets = np.asarray(detect_near(det, rgb, last[near] / to_frame), np.float32).reshape(-1, 5)
                     dets[:, :4] *= to_frame
-                    found = match_matrix(expect[seen], dets, iou_threshold, tracker.near) if len(dets) else None
+                    expect = tracker.predicted(k)[seen]
+                    found = match_matrix(expect, dets, iou_threshold, tracker.near) if len(dets) else None
                     if found is None or found.max(axis=1).min() < iou_threshold:
                         dets = None  # a face was not found near where it was: look at the whole frame
                 if dets is None:
