@@ -7,14 +7,19 @@ Tracking is IoU association of per-frame detections:
   in between, the detector only searches near the faces seen at the previous detection frame
   (`detectors.detect_near`), which is several times cheaper on large frames. A face that enters the picture
   is found at the next whole-frame scan (at most `rescan_every` frames late); 0 scans every frame whole, and
-  so do detectors without a ``detect_region`` method (plug-ins; both built-ins have one);
-- each detection joins the live track whose last box overlaps it most (greedy, IoU >= `iou_threshold`),
-  otherwise it starts a new track, so several faces give several tracks;
+  so do detectors without a ``detect_region`` method (plug-ins; the built-ins have one);
+- each track predicts where its face is now (its last box, the centre moved on at the velocity of its last
+  two detections); each detection joins the live track whose prediction it overlaps most (greedy, IoU >=
+  `iou_threshold`), or failing that one whose predicted centre is within `NEAR` x the face's size of it
+  (`match_matrix`: small faces move by a large part of their size between detection frames); otherwise it
+  starts a new track, so several faces give several tracks;
 - a track not matched for more than `max_lost` frames is closed (the face left or was lost);
 - inside a track, boxes between detections are linearly interpolated. Gaps of at most `max_gap` frames
   without a detection (plus the frames skipped by `detect_every`) are bridged and stay valid; longer gaps
   are kept on the timeline with ``valid = False`` (never silently removed or shifted);
-- valid boxes are smoothed per contiguous valid run (centred moving median, then moving mean, `smooth` frames);
+- the detections of a track are smoothed over `smooth_detections` consecutive ones (median, then mean, over
+  windows symmetric in time), and the valid per-frame boxes per contiguous valid run (centred moving median,
+  then moving mean, `smooth` frames), so the mouth crop does not jitter;
 - tracks spanning fewer than `min_track` frames, or with fewer than max(`min_detections`,
   ceil(min_track / detect_every)) detections, are dropped (false positives of cascade detectors rarely
   persist), and so are tracks whose mean detector score is below `min_relative_score` x the best track's
