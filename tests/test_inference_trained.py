@@ -70,8 +70,13 @@ def test_fix_auto_puts_a_shifted_clip_back_in_sync(trained, tmp_path) -> None:
 
     shifted, fixed = tmp_path / "shifted.mp4", tmp_path / "fixed.mp4"
     make_talking_video(shifted, seed=61, duration_s=4.0, offset_frames=-7)
-    assert main(["fix", str(shifted), "-o", str(fixed), "--checkpoint", str(TRAINED_TINY)]) == 0  # --offset auto
-    after = sync_video(fixed, trained, stride=1).main_track()
+    # Haar, explicitly: the committed tiny model was trained on a store prepared with Haar (the default until
+    # RetinaFace), and its calibrated threshold (1.8) is measured on Haar crops. With the RetinaFace crops of
+    # this clip it finds the same offset (-7) at confidence 1.29 (undetermined); a model trained on a store
+    # prepared with the default sees the same crops in `sync` (docs/media.md).
+    cmd = ["fix", str(shifted), "-o", str(fixed), "--checkpoint", str(TRAINED_TINY), "--detector", "haar"]
+    assert main(cmd) == 0  # --offset auto
+    after = sync_video(fixed, trained, stride=1, detector="haar").main_track()
     assert abs(after.offset_frames) <= 1 and after.verdict == "in_sync", (after.offset_frames, after.confidence)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from mtdistill.media import DEFAULT_DETECTOR
+
 HELP = "pack LRS2 (raw or Wav2Lip-preprocessed) or any video folder into a sharded store (resumable)"
 
 
@@ -24,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="parallel processes (default: CPU count, at most 4)",
     )
     parser.add_argument(
-        "--detector", default="haar", help="face detector for videos: haar (default), mtcnn, or package.module:Class"
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        help=f"face detector for videos: {DEFAULT_DETECTOR} (default), haar, mtcnn, or package.module:Class",
     )
     parser.add_argument(
         "--detect-every",
@@ -71,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from mtdistill.core.errors import UserError
     from mtdistill.data.prepare import prepare, summary_table
     from mtdistill.engines import engine_from_args
+    from mtdistill.media.detectors import check_detector
 
     if args.workers < 1 or args.shard_size < 1 or args.detect_every < 1:
         raise UserError("--workers, --shard-size and --detect-every must be >= 1")
+    check_detector(args.detector)
     engine, workers, run_shards = engine_from_args(args), args.workers, None
     if engine.is_ray:
         from mtdistill.data.prepare_ray import ray_runner

@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from mtdistill.commands.sync import check_model_arguments
     from mtdistill.engines import engine_from_args
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
+    from mtdistill.media.detectors import check_detector
+
+    check_detector(args.detector)
 
     check_model_arguments(args)
     spec = ModelSpec(

@@ -7,6 +7,7 @@ import math
 import sys
 
 from mtdistill.core.errors import UserError
+from mtdistill.media import DEFAULT_DETECTOR
 
 HELP = "estimate the audio-visual offset of a video per face track (offset, confidence, verdict; --json, --plot)"
 
@@ -41,7 +42,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="confidence below which the verdict is undetermined (default: calibrated, see docs/sync.md)",
     )
-    g.add_argument("--detector", default="haar", help="face detector (haar, mtcnn, or module:Class)")
+    g.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        help=f"face detector: {DEFAULT_DETECTOR} (default), haar, mtcnn, or package.module:Class",
+    )
     g.add_argument(
         "--detect-every",
         type=int,
@@ -101,7 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
     """Load the model named by the options and run sync_video on ``video``."""
     from mtdistill.inference.sync import load_model, sync_video
+    from mtdistill.media.detectors import check_detector
 
+    check_detector(args.detector)  # before loading the model or decoding anything
     model = load_model(args.checkpoint, args.preset, args.onnx, args.model_kind)
     return sync_video(
         video,

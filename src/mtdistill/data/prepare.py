@@ -44,6 +44,7 @@ from mtdistill.core.safeio import atomic_write_text
 from mtdistill.core.timing import SAMPLE_RATE
 from mtdistill.data import store as st
 from mtdistill.data.layouts import Discovery, SourceItem, discover, read_ground_truth
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import (
     load_audio,
     resample,  # imports torch: only when a wav needs resampling
@@ -323,7 +324,7 @@ def prepare(
     src: str | os.PathLike,
     out: str | os.PathLike,
     workers: int = 1,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     detect_every: int = 1,
     split_lists: str | os.PathLike | None = None,
     split: str | None = None,
@@ -474,9 +475,10 @@ def _check_same_source(root: Path, extra: dict) -> None:
         return  # rebuilt from the sidecars below
     for key in ("src", "layout", "detector"):
         if key in old and old[key] != extra[key]:
+            hint = f" (--detector {old[key]})" if key == "detector" else ""
             raise UserError(
                 f"{root} already holds a store made with {key}={old[key]!r} (now {extra[key]!r}); "
-                "use a new OUT folder or the same settings to resume"
+                f"use a new OUT folder or the same settings{hint} to resume"
             )
 
 

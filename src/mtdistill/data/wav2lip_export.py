@@ -14,13 +14,14 @@ import cv2
 import numpy as np
 
 from mtdistill.data.layouts import VIDEO_SUFFIXES
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
 from mtdistill.media.detectors import get_detector
 from mtdistill.media.frames import iter_frames
 
 
 def export_video(
-    video: str | os.PathLike, folder: str | os.PathLike, detector: str = "haar", drop: set[int] | None = None
+    video: str | os.PathLike, folder: str | os.PathLike, detector: str = DEFAULT_DETECTOR, drop: set[int] | None = None
 ) -> int:
     """One video -> folder/{i}.jpg + folder/audio.wav; `drop` removes frames on purpose. Returns jpgs written."""
     import soundfile as sf
@@ -45,7 +46,7 @@ def export_video(
     return written
 
 
-def export_corpus(src: str | os.PathLike, out: str | os.PathLike, detector: str = "haar") -> int:
+def export_corpus(src: str | os.PathLike, out: str | os.PathLike, detector: str = DEFAULT_DETECTOR) -> int:
     """Every video below src (keeping main/ and pretrain/ and <speaker>/<utt>) -> Wav2Lip layout under out."""
     src_p, n = Path(src), 0
     for video in sorted(p for p in src_p.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):

@@ -35,6 +35,7 @@ from mtdistill.core.processes import worker_pool
 from mtdistill.core.safeio import atomic_write_text
 from mtdistill.core.timing import SEARCH_RANGE
 from mtdistill.inference.sync import load_model, sync_video
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.detectors import get_detector
 from mtdistill.models.presets import check_preset
 from mtdistill.models.syncnet import SyncNet
@@ -70,7 +71,7 @@ class ModelSpec:
     stride: int = 1
     vshift: int = SEARCH_RANGE
     min_confidence: float | None = None
-    detector: str = "haar"
+    detector: str = DEFAULT_DETECTOR
     detect_every: int | None = None
     rescan_every: int = 25
     bf16: bool = False

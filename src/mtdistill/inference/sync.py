@@ -33,6 +33,7 @@ from mtdistill.inference.readout import (
 from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_windows, score_chunk
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
 from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
 from mtdistill.media.decode import collect_decode_problems, stream_ends
 from mtdistill.media.frames import probe
@@ -180,7 +181,7 @@ def analyse_video(
     stride: int = 1,
     vshift: int = SEARCH_RANGE,
     min_confidence: float | None = None,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     device: str | None = None,
     progress: bool = False,
     chunk_windows: int = CHUNK_WINDOWS,

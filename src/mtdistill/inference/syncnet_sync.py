@@ -27,6 +27,7 @@ from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
 from mtdistill.inference.readout import SYNCNET_MIN_CONFIDENCE, SyncResult, TrackResult, verdict_for
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
 from mtdistill.media.decode import open_media
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
@@ -112,7 +113,7 @@ def sync_video_syncnet(
     stride: int = 1,
     vshift: int = SEARCH_RANGE,
     min_confidence: float | None = None,
-    detector: str = "haar",
+    detector: str = DEFAULT_DETECTOR,
     device: str | None = None,
     progress: bool = False,
     detect_every: int | None = None,

@@ -7,14 +7,19 @@ Tracking is IoU association of per-frame detections:
   in between, the detector only searches near the faces seen at the previous detection frame
   (`detectors.detect_near`), which is several times cheaper on large frames. A face that enters the picture
   is found at the next whole-frame scan (at most `rescan_every` frames late); 0 scans every frame whole, and
-  so do detectors without a ``detect_region`` method (plug-ins; both built-ins have one);
-- each detection joins the live track whose last box overlaps it most (greedy, IoU >= `iou_threshold`),
-  otherwise it starts a new track, so several faces give several tracks;
+  so do detectors without a ``detect_region`` method (plug-ins; the built-ins have one);
+- each track predicts where its face is now (its last box, the centre moved on at the velocity of its last
+  two detections); each detection joins the live track whose prediction it overlaps most (greedy, IoU >=
+  `iou_threshold`), or failing that one whose predicted centre is within `NEAR` x the face's size of it
+  (`match_matrix`: small faces move by a large part of their size between detection frames); otherwise it
+  starts a new track, so several faces give several tracks;
 - a track not matched for more than `max_lost` frames is closed (the face left or was lost);
 - inside a track, boxes between detections are linearly interpolated. Gaps of at most `max_gap` frames
   without a detection (plus the frames skipped by `detect_every`) are bridged and stay valid; longer gaps
   are kept on the timeline with ``valid = False`` (never silently removed or shifted);
-- valid boxes are smoothed per contiguous valid run (centred moving median, then moving mean, `smooth` frames);
+- the detections of a track are smoothed over `smooth_detections` consecutive ones (median, then mean, over
+  windows symmetric in time), and the valid per-frame boxes per contiguous valid run (centred moving median,
+  then moving mean, `smooth` frames), so the mouth crop does not jitter;
 - tracks spanning fewer than `min_track` frames, or with fewer than max(`min_detections`,
   ceil(min_track / detect_every)) detections, are dropped (false positives of cascade detectors rarely
   persist), and so are tracks whose mean detector score is below `min_relative_score` x the best track's
@@ -32,9 +37,15 @@ import numpy as np
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, WINDOW_FRAMES
+from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.crops import crop_mouth
 from mtdistill.media.detectors import FaceDetector, detect_near, get_detector, supports_regions
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
+
+NEAR = 0.5
+"""`match_matrix`: centres this close (x the face's size) continue a track even where the boxes overlap little."""
+SMOOTH_DETECTIONS = 3
+"""`track_faces`: detections smoothed over this many consecutive ones before interpolation (median, then mean)."""
 
 
 @dataclass
@@ -140,7 +151,49 @@ def smooth_boxes(boxes: np.ndarray, valid: np.ndarray, window: int = 5) -> np.nd
     return out
 
 
+def smooth_detections_in_time(frames: np.ndarray, obs: np.ndarray, window: int = 3) -> np.ndarray:
+    """Moving median, then moving mean, of detections (N, 4) at increasing `frames`, over windows of up to
+    `window` detections that are symmetric in time around each one (shrunk at the ends of the track and next
+    to missed detections), so a face moving at constant speed keeps its exact boxes and only the detector's
+    frame-to-frame noise is removed."""
+    frames = np.asarray(frames)
+    n, half = len(obs), window // 2
+
+    def reach(i: int) -> int:
+        h = min(half, i, n - 1 - i)
+        while h > 0 and frames[i] - frames[i - h] != frames[i + h] - frames[i]:
+            h -= 1
+        return h
+
+    spans = [reach(i) for i in range(n)]
+    med = np.stack([np.median(obs[i - h : i + h + 1], axis=0) for i, h in enumerate(spans)])
+    return np.stack([med[i - h : i + h + 1].mean(axis=0) for i, h in enumerate(spans)])
+
+
 # --------------------------------------------------------------------------------------------- tracker
+
+
+def match_matrix(pred: np.ndarray, dets: np.ndarray, iou_threshold: float, near: float = NEAR) -> np.ndarray:
+    """How well each detection (M, 4+) continues each track whose box is predicted at `pred` (N, 4+) -> (N, M).
+
+    The IoU of the two boxes; a pair that overlaps less but whose centres lie within `near` x the face's size
+    of each other, with sizes within a factor 1.5, scores `iou_threshold` (a match of the lowest rank): a small
+    face moves by a large part of its size between two detection frames (2.5 px per frame x 5 frames is half of
+    a 24 px face), so its boxes overlap little even where the motion prediction is a little off.
+    """
+    iou = iou_matrix(pred, dets)
+    if near <= 0 or len(pred) == 0 or len(dets) == 0:
+        return iou
+    p = np.asarray(pred, np.float64)[:, None, :4]
+    d = np.asarray(dets, np.float64)[None, :, :4]
+    sp = np.maximum(p[..., 2] - p[..., 0], p[..., 3] - p[..., 1])
+    sd = np.maximum(d[..., 2] - d[..., 0], d[..., 3] - d[..., 1])
+    dist = np.hypot(
+        (p[..., 0] + p[..., 2] - d[..., 0] - d[..., 2]) / 2, (p[..., 1] + p[..., 3] - d[..., 1] - d[..., 3]) / 2
+    )
+    ratio = np.maximum(sp, sd) / np.maximum(np.minimum(sp, sd), 1e-9)
+    close = (dist <= near * np.sqrt(np.abs(sp * sd))) & (ratio <= 1.5)
+    return np.where(close & (iou < iou_threshold), iou_threshold, iou)
 
 
 @dataclass
@@ -149,15 +202,40 @@ class _Live:
     boxes: list[np.ndarray]
     scores: list[float]
 
+    def predict(self, k: int) -> np.ndarray:
+        """The box expected at frame k: the last one, its centre moved on at the velocity between the last two
+        detections (constant motion), by at most one face size; the size is kept."""
+        last = self.boxes[-1]
+        if len(self.frames) < 2 or k <= self.frames[-1]:
+            return last
+        prev = self.boxes[-2]
+        dt = max(1, self.frames[-1] - self.frames[-2])
+        step = np.array([(last[0] + last[2]) - (prev[0] + prev[2]), (last[1] + last[3]) - (prev[1] + prev[3])])
+        step = step / (2 * dt) * (k - self.frames[-1])
+        size = max(float(last[2] - last[0]), float(last[3] - last[1]), 1.0)
+        shift = float(np.hypot(*step))
+        if shift > size:
+            step = step * (size / shift)
+        return last + np.array([step[0], step[1], step[0], step[1]], last.dtype)
+
 
 class IouTracker:
-    """Frame-by-frame association; feed ``update(k, dets)`` in increasing k, then ``finish()``."""
+    """Frame-by-frame association; feed ``update(k, dets)`` in increasing k, then ``finish()``.
 
-    def __init__(self, iou_threshold: float = 0.3, max_lost: int = 25) -> None:
+    A detection continues the live track whose predicted box (`_Live.predict`) it matches best
+    (`match_matrix` >= `iou_threshold`, greedy); others start tracks.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_lost: int = 25, near: float = NEAR) -> None:
         self.iou_threshold = iou_threshold
         self.max_lost = max_lost
+        self.near = near
         self.live: list[_Live] = []
         self.done: list[_Live] = []
+
+    def predicted(self, k: int) -> np.ndarray:
+        """(N, 4) predicted boxes of the live tracks at frame k."""
+        return np.stack([t.predict(k) for t in self.live]) if self.live else np.zeros((0, 4), np.float32)
 
     def update(self, k: int, dets: np.ndarray) -> None:
         still = []
@@ -167,17 +245,17 @@ class IouTracker:
         dets = nms(np.asarray(dets, np.float32).reshape(-1, 5))
         unmatched = list(range(len(dets)))
         if self.live and len(dets):
-            iou = iou_matrix(np.stack([t.boxes[-1] for t in self.live]), dets)
+            sim = match_matrix(self.predicted(k), dets, self.iou_threshold, self.near)
             while True:
-                ti, di = np.unravel_index(np.argmax(iou), iou.shape)
-                if iou[ti, di] < self.iou_threshold:
+                ti, di = np.unravel_index(np.argmax(sim), sim.shape)
+                if sim[ti, di] < self.iou_threshold:
                     break
                 t = self.live[ti]
                 t.frames.append(k)
                 t.boxes.append(dets[di, :4].copy())
                 t.scores.append(float(dets[di, 4]))
-                iou[ti, :] = -1.0
-                iou[:, di] = -1.0
+                sim[ti, :] = -1.0
+                sim[:, di] = -1.0
                 unmatched.remove(di)
         for di in unmatched:
             self.live.append(_Live([k], [dets[di, :4].copy()], [float(dets[di, 4])]))
@@ -189,11 +267,23 @@ class IouTracker:
 
 
 def build_track(
-    raw: _Live, track_id: int, max_gap: int, detect_every: int, smooth: int, n_frames: int | None = None
+    raw: _Live,
+    track_id: int,
+    max_gap: int,
+    detect_every: int,
+    smooth: int,
+    n_frames: int | None = None,
+    smooth_detections: int = 1,
 ) -> FaceTrack:
-    """Interpolate, mark long gaps invalid and smooth one raw track (observations at increasing frames)."""
+    """Interpolate, mark long gaps invalid and smooth one raw track (observations at increasing frames).
+
+    `smooth_detections` > 1 first smooths the detections themselves (moving median, then mean, over that many
+    consecutive detections, within runs without a long gap); `smooth` then smooths the per-frame boxes."""
     frames = np.asarray(raw.frames)
     obs = np.stack(raw.boxes).astype(np.float64)
+    bridge = max_gap + detect_every - 1  # missing frames that still count as one continuous track
+    if smooth_detections > 1 and len(obs) > 2:
+        obs = smooth_detections_in_time(frames, obs, smooth_detections)
     start, end = int(frames[0]), int(frames[-1])
     # with sparse detection the track also covers the frames up to the next (missed) detection slot
     if detect_every > 1:
@@ -201,7 +291,6 @@ def build_track(
     idx = np.arange(start, end + 1)
     boxes = np.stack([np.interp(idx, frames, obs[:, c]) for c in range(4)], axis=1)
     valid = np.ones(len(idx), bool)
-    bridge = max_gap + detect_every - 1  # missing frames that still count as one continuous track
     for a, b in zip(frames[:-1], frames[1:], strict=True):
         if b - a - 1 > bridge:
             valid[a - start + 1 : b - start] = False
@@ -224,7 +313,7 @@ def _worth_searching(live: list[_Live], min_relative_score: float, last_k: int) 
 
 def track_faces(
     path: str | os.PathLike,
-    detector: str | FaceDetector = "haar",
+    detector: str | FaceDetector = DEFAULT_DETECTOR,
     fps: float = ANALYSIS_FPS,
     detect_every: int = 1,
     min_track: int = WINDOW_FRAMES,
@@ -234,6 +323,7 @@ def track_faces(
     max_lost: int = 25,
     iou_threshold: float = 0.3,
     smooth: int = 5,
+    smooth_detections: int = SMOOTH_DETECTIONS,
     min_relative_score: float = 0.45,
     min_detections: int = 3,
     rescan_every: int = 25,
@@ -243,7 +333,8 @@ def track_faces(
     Returns tracks sorted by start frame (then longest first, then left to right), ids 0..n-1; boxes in
     original-resolution pixels. Raises UserError when the file has no video, fewer than 5 frames, or no face
     track at all.
-    `detector`: "haar" (default, offline), "mtcnn", "package.module:Class" or a FaceDetector instance.
+    `detector`: "retinaface" (`DEFAULT_DETECTOR`, offline), "haar", "mtcnn", "package.module:Class" or a
+    FaceDetector instance.
     See the module docstring for the tracking rules and their parameters.
     """
     if detect_every < 1:
@@ -277,10 +368,15 @@ def track_faces(
                 live = tracker.live
                 near, seen = _worth_searching(live, min_relative_score, last_k)
                 if regions and seen.any() and k - last_scan < rescan_every:
+                    # search around where each face was (the 2.5x square covers half a face size of motion and
+                    # more; centring it on the motion prediction let Haar's false positives on background
+                    # texture drift and gain detections), then require each face near where it should be now
                     last = np.stack([t.boxes[-1] for t in live])
                     dets = np.asarray(detect_near(det, rgb, last[near] / to_frame), np.float32).reshape(-1, 5)
                     dets[:, :4] *= to_frame
-                    if len(dets) == 0 or iou_matrix(last[seen], dets).max(axis=1).min() < iou_threshold:
+                    expect = tracker.predicted(k)[seen]
+                    found = match_matrix(expect, dets, iou_threshold, tracker.near) if len(dets) else None
+                    if found is None or found.max(axis=1).min() < iou_threshold:
                         dets = None  # a face was not found near where it was: look at the whole frame
                 if dets is None:
                     dets = np.asarray(det.detect(rgb), np.float32).reshape(-1, 5)
@@ -298,7 +394,7 @@ def track_faces(
     for raw in tracker.finish():
         if len(raw.frames) < min_obs:
             continue
-        t = build_track(raw, -1, max_gap, detect_every, smooth, n)
+        t = build_track(raw, -1, max_gap, detect_every, smooth, n, smooth_detections)
         if t.n_frames >= min_track:
             tracks.append(t)
     if tracks and min_relative_score > 0:
@@ -308,9 +404,10 @@ def track_faces(
             tracks = [t for t, m in zip(tracks, means, strict=True) if m >= min_relative_score * best]
     if not tracks:
         name = getattr(det, "name", type(det).__name__)
+        other = "mtcnn" if name == DEFAULT_DETECTOR else DEFAULT_DETECTOR
         raise UserError(
-            f"{path}: no face found in {n} frames (detector {name}); use a clip with a visible frontal face"
-            " or try another detector (--detector mtcnn)"
+            f"{path}: no face found in {n} frames (detector {name}); use a clip with a visible face"
+            f" or try another detector (--detector {other})"
         )
     tracks.sort(key=lambda t: (t.start_frame, -t.n_frames, float(np.median(t.boxes[:, 0] + t.boxes[:, 2]))))
     for i, t in enumerate(tracks):
@@ -366,7 +463,10 @@ def iter_mouth_crops(
 
 
 def mouth_crops(
-    path: str | os.PathLike, detector: str | FaceDetector = "haar", fps: float = ANALYSIS_FPS, **track_options: object
+    path: str | os.PathLike,
+    detector: str | FaceDetector = DEFAULT_DETECTOR,
+    fps: float = ANALYSIS_FPS,
+    **track_options: object,
 ) -> list[TrackCrops]:
     """Convenience for short clips: ``track_faces`` + ``iter_mouth_crops`` with every crop in memory."""
     tracks = track_faces(path, detector=detector, fps=fps, **track_options)  # type: ignore[arg-type]
