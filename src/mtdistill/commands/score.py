@@ -20,6 +20,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
+    from mtdistill.inference.significance import check_alpha
+    from mtdistill.inference.standards import check_standards
+
+    if args.alpha is not None:
+        check_alpha(args.alpha)
 
     spec = ModelSpec(
         checkpoint=args.checkpoint,
@@ -33,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         rescan_every=args.rescan_every,
         bf16=args.bf16,
+        alpha=args.alpha,
+        standards=check_standards(args.standards),
     )
     summary = score_folder(args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty())
     print(format_table(summary))

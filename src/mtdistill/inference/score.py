@@ -30,14 +30,24 @@ COLUMNS = (
     "n_windows",
     "offset_frames",
     "offset_ms",
+    "offset_ms_low",
+    "offset_ms_high",
     "confidence",
+    "p_value",
     "verdict",
+    "drift_ms_per_min",
+    "n_segments",
     "lse_c",
     "lse_d",
     "duration_s",
     "model",
     "error",
 )
+"""Fixed columns; one column per requested standard (pass / fail / undetermined) follows them."""
+
+
+def csv_columns(standards: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return COLUMNS + tuple(standards)
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,8 @@ class ModelSpec:
     detect_every: int | None = None
     rescan_every: int = 25
     bf16: bool = False
+    alpha: float | None = None
+    standards: tuple[str, ...] = ()
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -100,6 +112,8 @@ def _score_one(video: str) -> list[dict]:
             detect_every=spec.detect_every,
             rescan_every=spec.rescan_every,
             bf16=spec.bf16,
+            alpha=spec.alpha,
+            standards=spec.standards,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]
@@ -113,9 +127,15 @@ def _score_one(video: str) -> list[dict]:
             "end_frame": t.end_frame,
             "n_windows": t.n_windows,
             "offset_frames": t.offset_frames,
-            "offset_ms": t.offset_ms,
+            "offset_ms": round(t.offset_ms, 2),
+            "offset_ms_low": "" if t.offset_ms_interval is None else t.offset_ms_interval[0],
+            "offset_ms_high": "" if t.offset_ms_interval is None else t.offset_ms_interval[1],
             "confidence": round(t.confidence, 4),
+            "p_value": "" if t.p_value is None else f"{t.p_value:.4g}",
             "verdict": t.verdict,
+            "drift_ms_per_min": "" if t.drift_ms_per_min is None else round(t.drift_ms_per_min, 2),
+            "n_segments": len(t.segments),
+            **t.standards,
             "lse_c": "" if t.lse_c is None else round(t.lse_c, 4),
             "lse_d": "" if t.lse_d is None else round(t.lse_d, 4),
             "duration_s": round(res.duration_s, 3),
@@ -126,14 +146,14 @@ def _score_one(video: str) -> list[dict]:
     ]
 
 
-def _append(csv_path: Path, rows: Iterable[dict]) -> None:
+def _append(csv_path: Path, rows: Iterable[dict], columns: tuple[str, ...] = COLUMNS) -> None:
     new = not csv_path.is_file() or csv_path.stat().st_size == 0
     with open(csv_path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({c: row.get(c, "") for c in COLUMNS})
+            writer.writerow({c: row.get(c, "") for c in columns})
         fh.flush()
 
 
@@ -192,7 +212,7 @@ def score_folder(
     with tqdm(total=len(todo), desc="score", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1:
             for v in todo:
-                _append(csv_path, _score_one(v))
+                _append(csv_path, _score_one(v), csv_columns(spec.standards))
                 bar.update(1)
         else:
             import multiprocessing as mp
@@ -201,7 +221,7 @@ def score_folder(
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, 1)) as pool:
                 futures = [pool.submit(_score_one, v) for v in todo]
                 for fut in as_completed(futures):
-                    _append(csv_path, fut.result())
+                    _append(csv_path, fut.result(), csv_columns(spec.standards))
                     bar.update(1)
     if not csv_path.is_file():
         raise UserError(f"nothing was scored into {csv_path}")

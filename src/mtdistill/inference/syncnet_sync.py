@@ -6,6 +6,10 @@ crops (syncnet_python's crop geometry, 0..255), the audio from the track's first
 windows 0, s, 2s, ... (stride s) are compared with the audio embeddings of windows i - vshift .. i + vshift,
 audio embeddings outside 0..N-1 being zero vectors (upstream's zero padding). The mean distance curve gives
 LSE-D (its minimum), LSE-C (median - minimum, the "confidence") and the offset vshift - argmin.
+
+The p-value (`inference.significance`) ranks the distances (lower = better) and leaves out the zero-padded
+candidates; its null band compares each video embedding with audio embeddings circularly shifted by about half
+the track's audio, which costs only distances (the audio embeddings of the whole track exist already).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
-from mtdistill.inference.readout import SYNCNET_MIN_CONFIDENCE, SyncResult, TrackResult, verdict_for
+from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track
+from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.media.audio import load_audio
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
 from mtdistill.media.tracking import track_faces
@@ -94,7 +99,16 @@ class _SyncNetTrack:
                 for i, s in enumerate(self.starts)
             ]
         )
-        return lse_metrics(d, vshift), d
+        return lse_metrics(d, vshift), d, self._null(video_emb, audio_emb, vshift)
+
+    def _null(self, video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int) -> np.ndarray:
+        """(windows, B) distances of each window to the null band of audio embeddings (empty if too short)."""
+        width = null_band_width(self.n, vshift)
+        shift = null_shift(self.n, width, vshift) if width else None
+        if shift is None:
+            return np.empty((0, 0), np.float32)
+        idx = (torch.as_tensor(self.starts)[:, None] + shift + torch.arange(width)[None, :]) % self.n
+        return torch.linalg.vector_norm(video_emb[:, None, :] - audio_emb[idx] + 1e-6, dim=-1).numpy()
 
 
 def sync_video_syncnet(
@@ -103,7 +117,7 @@ def sync_video_syncnet(
     *,
     stride: int = 1,
     vshift: int = SEARCH_RANGE,
-    min_confidence: float | None = None,
+    rule: VerdictRule | None = None,
     detector: str = "haar",
     device: str | None = None,
     progress: bool = False,
@@ -113,7 +127,7 @@ def sync_video_syncnet(
     """SyncResult with SyncNet readouts; ``confidence`` is LSE-C, ``lse_d`` the minimum mean distance."""
     dev = torch.device(device or "cpu")
     net = net.to(dev).eval()
-    min_conf = SYNCNET_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+    rule = rule or VerdictRule()
     t0 = time.perf_counter()
     info = probe(path)
     if not info.has_audio:
@@ -146,11 +160,13 @@ def sync_video_syncnet(
         out = st.finish(net, dev, vshift)
         if out is None:
             continue
-        lse, d = out
+        lse, d, null = out
         row_off = (vshift - torch.argmin(d, dim=1)).tolist()
         t = st.track
-        results.append(
-            TrackResult(
+        # rank statistic: candidates outside the track's audio (upstream's zero padding) count as missing
+        audio_at = torch.as_tensor(st.starts)[:, None] - vshift + torch.arange(2 * vshift + 1)[None, :]
+        rows = torch.where((audio_at >= 0) & (audio_at < st.n), d, torch.nan).numpy()
+        track = TrackResult(
                 track=t.track_id,
                 start_frame=t.start_frame,
                 end_frame=t.end_frame,
@@ -158,14 +174,14 @@ def sync_video_syncnet(
                 offset_frames=lse.offset_frames,
                 offset_ms=lse.offset_frames * FRAME_MS,
                 confidence=lse.lse_c,
-                verdict=verdict_for(lse.offset_frames, lse.lse_c, min_conf),
+                verdict="undetermined",
                 curve=lse.curve,
                 window_offsets=[int(x) for x in row_off],
                 window_starts=[int(t.start_frame + s) for s in st.starts],
                 lse_c=lse.lse_c,
                 lse_d=lse.lse_d,
             )
-        )
+        results.append(judge_track(track, rows, null, rule, higher_is_better=False))
     if not results:
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
     t2 = time.perf_counter()
@@ -179,7 +195,10 @@ def sync_video_syncnet(
         preset=None,
         stride=stride,
         vshift=vshift,
-        min_confidence=min_conf,
+        min_confidence=rule.min_confidence,
         tracks=results,
         timing={"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)},
+        alpha=rule.alpha,
+        verdict_rule=rule.text,
+        standard_windows=rule.windows(),
     )
