@@ -210,6 +210,8 @@ def format_tracks(result: SyncResult) -> str:
                 )
         if t.drift_ms_per_min is not None:
             lines.append(f"  drift {t.drift_ms_per_min:+.1f} ms/min")
-    rule = f"p_value <= {result.alpha:g}" if result.min_confidence is None else f"confidence >= {result.min_confidence:g}"
-    lines.append(f"(positive offset = audio leads video = sound ahead of picture, as in the standards; confident: {rule})")
+    rule = f"p_value <= {result.alpha:g}"
+    if result.min_confidence is not None:
+        rule = f"confidence >= {result.min_confidence:g}"
+    lines.append(f"(positive offset = audio leads video = sound ahead of picture, as in the standards; {rule})")
     return "\n".join(lines)

@@ -38,7 +38,7 @@ from mtdistill.core.timing import SEARCH_RANGE, WINDOW_FRAMES
 NULL_GAP = WINDOW_FRAMES
 """Frames between the search range and the nearest null candidate: audio windows are WINDOW_FRAMES long, so no
 null candidate overlaps any audio window at offsets -vshift..vshift."""
-NULL_EXTRA = 8
+NULL_EXTRA = 4
 """Extra audio windows in the null band beyond the 2 * vshift + 1 of one curve: NULL_EXTRA + 1 null curves for
 2 * vshift + 1 + NULL_EXTRA scored pairs per window (cost measured in benchmarks/RESULTS.md)."""
 DEFAULT_ALPHA = 0.01

@@ -249,18 +249,18 @@ def sync_video(
                 continue
             offset, conf, curve = readout_logits(acc.curve(), vshift)
             track = TrackResult(
-                    track=t.track_id,
-                    start_frame=t.start_frame,
-                    end_frame=t.end_frame,
-                    n_windows=acc.n_windows,
-                    offset_frames=offset,
-                    offset_ms=offset * FRAME_MS,
-                    confidence=conf,
-                    verdict="undetermined",
-                    curve=[float(x) for x in curve],
-                    window_offsets=acc.offsets,
-                    window_starts=acc.starts,
-                )
+                track=t.track_id,
+                start_frame=t.start_frame,
+                end_frame=t.end_frame,
+                n_windows=acc.n_windows,
+                offset_frames=offset,
+                offset_ms=offset * FRAME_MS,
+                confidence=conf,
+                verdict="undetermined",
+                curve=[float(x) for x in curve],
+                window_offsets=acc.offsets,
+                window_starts=acc.starts,
+            )
             results.append(judge_track(track, acc.rows(), acc.null_rows(), rule))
     timing["crops_and_model_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0

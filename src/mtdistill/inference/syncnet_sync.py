@@ -167,20 +167,20 @@ def sync_video_syncnet(
         audio_at = torch.as_tensor(st.starts)[:, None] - vshift + torch.arange(2 * vshift + 1)[None, :]
         rows = torch.where((audio_at >= 0) & (audio_at < st.n), d, torch.nan).numpy()
         track = TrackResult(
-                track=t.track_id,
-                start_frame=t.start_frame,
-                end_frame=t.end_frame,
-                n_windows=len(st.starts),
-                offset_frames=lse.offset_frames,
-                offset_ms=lse.offset_frames * FRAME_MS,
-                confidence=lse.lse_c,
-                verdict="undetermined",
-                curve=lse.curve,
-                window_offsets=[int(x) for x in row_off],
-                window_starts=[int(t.start_frame + s) for s in st.starts],
-                lse_c=lse.lse_c,
-                lse_d=lse.lse_d,
-            )
+            track=t.track_id,
+            start_frame=t.start_frame,
+            end_frame=t.end_frame,
+            n_windows=len(st.starts),
+            offset_frames=lse.offset_frames,
+            offset_ms=lse.offset_frames * FRAME_MS,
+            confidence=lse.lse_c,
+            verdict="undetermined",
+            curve=lse.curve,
+            window_offsets=[int(x) for x in row_off],
+            window_starts=[int(t.start_frame + s) for s in st.starts],
+            lse_c=lse.lse_c,
+            lse_d=lse.lse_d,
+        )
         results.append(judge_track(track, rows, null, rule, higher_is_better=False))
     if not results:
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
