@@ -194,3 +194,30 @@ def test_random_weights_are_undetermined_on_real_clips(name: str) -> None:
     res = sync_video(clip, model, stride=5)
     for t in res.tracks:
         assert t.p_value is not None and t.verdict == "undetermined", (t.track, t.p_value, t.confidence)
+
+
+@pytest.mark.slow
+def test_onnx_graphs_give_the_same_p_value(trained, clips, tmp_path) -> None:
+    from mtdistill.inference.onnx_export import export_onnx
+    from mtdistill.inference.onnx_runtime import load_onnx_model
+
+    path = tmp_path / "trained.onnx"
+    export_onnx(trained, path, split=True)
+    shifted, _ = clips
+    ref = sync_video(shifted, trained, stride=5).main_track()
+    t = sync_video(shifted, load_onnx_model(path), stride=5).main_track()
+    assert (t.offset_frames, t.verdict) == (ref.offset_frames, ref.verdict)
+    assert t.p_value == pytest.approx(ref.p_value, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_syncnet_distances_get_a_p_value(tmp_path) -> None:
+    from mtdistill.models.syncnet import SyncNet
+
+    torch.manual_seed(0)
+    net = SyncNet().eval()
+    clip = tmp_path / "talk.mp4"
+    make_talking_video(clip, seed=4, duration_s=3.4, offset_frames=0)
+    t = sync_video(clip, net, stride=5).main_track()
+    assert t.p_value is not None and 0.0 < t.p_value <= 1.0
+    assert t.verdict == "undetermined"  # random weights: no lip-sync signal
