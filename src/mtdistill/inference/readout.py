@@ -24,7 +24,13 @@ import numpy as np
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import FRAME_MS, SEARCH_RANGE
-from mtdistill.inference.significance import DEFAULT_ALPHA, bootstrap_offset_interval, check_alpha, p_value
+from mtdistill.inference.significance import (
+    DEFAULT_ALPHA,
+    bootstrap_offset_interval,
+    check_alpha,
+    overlap_lags,
+    p_value,
+)
 from mtdistill.inference.standards import STANDARD_SIGN, STANDARDS, check_standards, judge_all
 
 SIGN_CONVENTION = (
@@ -153,10 +159,15 @@ class VerdictRule:
 
 
 def judge_track(
-    track: TrackResult, rows: np.ndarray, null_rows: np.ndarray, rule: VerdictRule, higher_is_better: bool = True
+    track: TrackResult,
+    rows: np.ndarray,
+    null_rows: np.ndarray,
+    rule: VerdictRule,
+    stride: int,
+    higher_is_better: bool = True,
 ) -> TrackResult:
     """Fill a track's p_value, verdict, offset interval and standards from its score rows and null band."""
-    track.p_value = p_value(rows, null_rows, higher_is_better)
+    track.p_value = p_value(rows, null_rows, higher_is_better, overlap_lags(stride))
     track.verdict = rule.verdict(track.offset_frames, track.p_value, track.confidence)
     lo, hi = bootstrap_offset_interval(rows, higher_is_better)
     track.offset_ms_interval = [round(lo * FRAME_MS, 3), round(hi * FRAME_MS, 3)]

@@ -14,9 +14,12 @@ peak at least this strong be? The answer comes from the same video (docs/sync.md
   never closer than ``vshift + NULL_GAP`` frames to the video (no candidate of the null shares a sample with an
   audio window the search could pick). The band holds ``extra + 1`` null curves (offsets s - vshift .. s +
   vshift for consecutive s share 2 * vshift candidates, so they cost one band instead of ``extra + 1`` full
-  rows). Their z scores measure how much the windows' correlation (overlapping windows, the audio's own rhythm,
-  a model that favours loud audio) widens the statistic beyond the independent-window value: the inflation
-  ``lambda = sqrt(mean z_null^2)``, at least 1.
+  rows). They measure how much the windows' dependence (overlapping windows, the audio's own rhythm, a model
+  that favours loud audio) widens the statistic beyond the independent-window value: the inflation lambda, the
+  larger of ``sqrt(mean z_null^2)`` over the null curves' candidates and the lag estimate ``sqrt(1 + 2 sum
+  rho(l))`` of the null ranks' correlation between windows l apart (l up to the first window that shares no
+  frame), and at least 1. The first alone, from ~35 distinct columns, is too noisy at stride 1 (it let one
+  swapped-audio clip in eight through); the second pools every null rank.
 * **p-value.** ``min(1, n * P(N(0, 1) >= max z / lambda))`` over the n scored candidates: the union (Bonferroni)
   bound of the normal tail, valid whatever the correlation between candidates, and able to go below
   1 / (number of null curves). Being an upper bound, it errs towards "undetermined".
@@ -112,22 +115,54 @@ def null_z(null_rows: np.ndarray, width: int, higher_is_better: bool = True) -> 
     return np.stack([column_z(band[:, m : m + width], higher_is_better) for m in range(band.shape[1] - width + 1)])
 
 
-def inflation(null_rows: np.ndarray, width: int, higher_is_better: bool = True) -> float | None:
-    """lambda = sqrt(mean z^2) over every null curve and candidate, at least 1; None without a null."""
+def overlap_lags(stride: int) -> int:
+    """Window lags whose rows are dependent by construction: windows up to the first one that shares no frame
+    (4 overlapping + 1 at stride 1, the next window at stride >= 5)."""
+    return max(1, math.ceil(WINDOW_FRAMES / max(int(stride), 1)))
+
+
+def _z_inflation(null_rows: np.ndarray, width: int, higher_is_better: bool) -> float | None:
     z = null_z(null_rows, width, higher_is_better)
     z = z[np.isfinite(z)]
-    if z.size == 0:
+    return None if z.size == 0 else float(np.sqrt(np.mean(z**2)))
+
+
+def _lag_inflation(null_rows: np.ndarray, width: int, lags: int, higher_is_better: bool) -> float | None:
+    """sqrt(1 + 2 sum_l rho(l)) with rho pooled over the null curves' candidates (lags 1..``lags``)."""
+    band = np.asarray(null_rows)
+    if band.ndim != 2 or band.shape[0] < 2 or band.shape[1] < width:
         return None
-    return max(1.0, float(np.sqrt(np.mean(z**2))))
+    r = np.stack(
+        [normalized_ranks(band[:, m : m + width], higher_is_better) - 0.5 for m in range(band.shape[1] - width + 1)]
+    )
+    w = r.shape[1]
+    g0 = float(np.nanmean(r * r))
+    if not g0 > 0:
+        return None
+    total = g0
+    for lag in range(1, min(lags, w - 1) + 1):
+        total += 2.0 * float(np.nanmean(r[:, lag:] * r[:, :-lag])) * (w - lag) / w
+    return float(np.sqrt(max(total, 0.0) / g0))
 
 
-def p_value(rows: np.ndarray, null_rows: np.ndarray, higher_is_better: bool = True) -> float | None:
+def inflation(null_rows: np.ndarray, width: int, higher_is_better: bool = True, lags: int = 1) -> float | None:
+    """lambda: how much wider the null spreads the z scores than independent windows would; None without a
+    null. The larger of two estimates from the null band, and at least 1: sqrt(mean z^2) over every null curve
+    and candidate (direct, but only ~width + extra distinct columns), and the lag estimate sqrt(1 + 2 sum rho(l))
+    over ``lags`` window lags with rho pooled over all null ranks (steadier; `overlap_lags` of the stride)."""
+    est = [x for x in (_z_inflation(null_rows, width, higher_is_better),
+                       _lag_inflation(null_rows, width, lags, higher_is_better)) if x is not None]  # fmt: skip
+    return max(1.0, *est) if est else None
+
+
+def p_value(rows: np.ndarray, null_rows: np.ndarray, higher_is_better: bool = True, lags: int = 1) -> float | None:
     """p-value of the strongest candidate of ``rows`` (W, 2 * vshift + 1) against the null band ``null_rows``
-    (W, >= 2 * vshift + 1) of the same windows; None when there is no null or fewer than two windows."""
+    (W, >= 2 * vshift + 1) of the same windows; None when there is no null or fewer than two windows. ``lags``:
+    `overlap_lags` of the windows' stride."""
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[0] < 2:
         return None
-    lam = inflation(null_rows, rows.shape[1], higher_is_better)
+    lam = inflation(null_rows, rows.shape[1], higher_is_better, lags)
     if lam is None:
         return None
     z = column_z(rows, higher_is_better)

@@ -181,7 +181,7 @@ def sync_video_syncnet(
             lse_c=lse.lse_c,
             lse_d=lse.lse_d,
         )
-        results.append(judge_track(track, rows, null, rule, higher_is_better=False))
+        results.append(judge_track(track, rows, null, rule, stride, higher_is_better=False))
     if not results:
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
     t2 = time.perf_counter()
