@@ -24,6 +24,7 @@ from mtdistill.inference.significance import (
     inflation,
     null_band_width,
     null_shift,
+    overlap_lags,
     p_value,
 )
 from mtdistill.inference.sync import sync_video
@@ -74,6 +75,9 @@ def test_correlated_windows_widen_the_null() -> None:
     assert inflation(repeated, 31) > 1.5 > inflation(independent, 31) >= 1.0
     rows = np.repeat(_rows(rng, 6, 11, 0.8), 4, axis=0) + 0.05 * rng.normal(size=(24, 31))
     assert p_value(rows, repeated) > p_value(rows, independent)
+    # the lag estimate sees the repeats from the correlation of neighbouring windows (overlap_lags(1) = 5)
+    assert overlap_lags(1) == 5 and overlap_lags(5) == 1 and overlap_lags(10) == 1
+    assert inflation(repeated, 31, lags=overlap_lags(1)) >= inflation(repeated, 31) > 1.5
 
 
 def test_null_band_keeps_clear_of_the_search_range() -> None:
