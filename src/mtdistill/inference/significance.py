@@ -18,8 +18,10 @@ peak at least this strong be? The answer comes from the same video (docs/sync.md
   that favours loud audio) widens the statistic beyond the independent-window value: the inflation lambda, the
   larger of ``sqrt(mean z_null^2)`` over the null curves' candidates and the lag estimate ``sqrt(1 + 2 sum
   rho(l))`` of the null ranks' correlation between windows l apart (l up to the first window that shares no
-  frame), and at least 1. The first alone, from ~35 distinct columns, is too noisy at stride 1 (it let one
-  swapped-audio clip in eight through); the second pools every null rank.
+  frame), and at least sqrt(number of windows that share frames) (1 at stride 5, sqrt(5) at stride 1: overlapping
+  windows count as one). The first alone, from ~35 distinct columns, is too noisy at stride 1 (it let one
+  swapped-audio clip in eight through); the second pools every null rank; the floor keeps stride 1 from claiming
+  more independent evidence than its non-overlapping windows hold (one swapped clip in five passed without it).
 * **p-value.** ``min(1, n * P(N(0, 1) >= max z / lambda))`` over the n scored candidates: the union (Bonferroni)
   bound of the normal tail, valid whatever the correlation between candidates, and able to go below
   1 / (number of null curves). Being an upper bound, it errs towards "undetermined".
@@ -147,12 +149,13 @@ def _lag_inflation(null_rows: np.ndarray, width: int, lags: int, higher_is_bette
 
 def inflation(null_rows: np.ndarray, width: int, higher_is_better: bool = True, lags: int = 1) -> float | None:
     """lambda: how much wider the null spreads the z scores than independent windows would; None without a
-    null. The larger of two estimates from the null band, and at least 1: sqrt(mean z^2) over every null curve
-    and candidate (direct, but only ~width + extra distinct columns), and the lag estimate sqrt(1 + 2 sum rho(l))
-    over ``lags`` window lags with rho pooled over all null ranks (steadier; `overlap_lags` of the stride)."""
+    null. The largest of two estimates from the null band and a floor: sqrt(mean z^2) over every null curve and
+    candidate (direct, but only ~width + extra distinct columns); the lag estimate sqrt(1 + 2 sum rho(l)) over
+    ``lags`` window lags with rho pooled over all null ranks (steadier); and sqrt(lags), ``lags`` being
+    `overlap_lags` of the stride: windows that share frames count as one (1 at stride >= 5, sqrt(5) at stride 1)."""
     est = [x for x in (_z_inflation(null_rows, width, higher_is_better),
                        _lag_inflation(null_rows, width, lags, higher_is_better)) if x is not None]  # fmt: skip
-    return max(1.0, *est) if est else None
+    return max(math.sqrt(max(lags, 1)), *est) if est else None
 
 
 def p_value(rows: np.ndarray, null_rows: np.ndarray, higher_is_better: bool = True, lags: int = 1) -> float | None:
