@@ -125,6 +125,9 @@ class CurveAccumulator:
     starts: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    """The (31,) score row of every window in ``starts`` (NaN = candidate missing): what `inference.subframe` and
+    `inference.segments` read."""
 
     def __post_init__(self) -> None:
         self.sums = np.zeros(2 * self.vshift + 1)
@@ -141,10 +144,15 @@ class CurveAccumulator:
                 self.starts.append(int(v))
                 self.offsets.append(self.vshift - j)
                 self.best.append(float(row[j]))
+                self.rows.append(np.array(row, np.float32))
 
     @property
     def n_windows(self) -> int:
         return len(self.starts)
+
+    def row_matrix(self) -> np.ndarray:
+        """(n_windows, 31) rows in window order (empty (0, 31) before any window)."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 2 * self.vshift + 1), np.float32)
 
     def curve(self) -> np.ndarray:
         """Window-averaged score per candidate j (offset vshift - j); NaN where no window had that candidate."""
