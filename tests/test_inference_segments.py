@@ -130,6 +130,7 @@ def test_bad_shapes_are_one_line_errors() -> None:
 STEP_FROM_MS, STEP_TO_MS, STEP_AT_S = 120.0, -80.0, 6.0
 
 
+@pytest.mark.slow
 def test_an_audio_edit_inside_one_shot_is_found(trained_tiny_model, tmp_path) -> None:
     # one continuous shot (the same pictures); the sound is cut at 6 s from +120 ms to -80 ms
     before = talking_clip(11, 12.0, offset_ms=STEP_FROM_MS)
@@ -137,7 +138,7 @@ def test_an_audio_edit_inside_one_shot_is_found(trained_tiny_model, tmp_path) ->
     cut = int(STEP_AT_S * 16000)
     path = tmp_path / "edit.mp4"
     write_mp4(path, before.frames, np.concatenate([before.audio[:cut], after.audio[cut:]]))
-    starts, rows = track_rows(path, trained_tiny_model, stride=5)
+    starts, rows = track_rows(path, trained_tiny_model, stride=2)
     segs = find_segments(starts, rows)
     assert len(segs) == 2, [s.to_dict() for s in segs]
     assert abs(segs[0].end_s - STEP_AT_S) <= 1.0
@@ -145,11 +146,12 @@ def test_an_audio_edit_inside_one_shot_is_found(trained_tiny_model, tmp_path) ->
     assert round(segs[0].offset_ms / FRAME_MS) == 3 and round(segs[1].offset_ms / FRAME_MS) == -2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drift", [0.004])
 def test_a_drifting_sound_track_gives_its_slope(trained_tiny_model, tmp_path, drift: float) -> None:
     path = tmp_path / "drift.mp4"
     make_talking_video(path, seed=21, duration_s=20.0, offset_ms=-40.0, drift=drift)
-    starts, rows = track_rows(path, trained_tiny_model, stride=5)
+    starts, rows = track_rows(path, trained_tiny_model, stride=2)
     segs = find_segments(starts, rows)
     est = estimate_drift(starts, rows, segs)
     truth = drift / (1 + drift) * 60_000.0  # ms of lead gained per minute of video

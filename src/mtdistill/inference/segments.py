@@ -8,8 +8,8 @@ candidate not scored), as `scoring.score_chunk` returns them and `scoring.CurveA
 row is turned into ranks (`window_ranks`: the best candidate +1, the worst -1, a missing one 0), so the model's
 score scale does not matter (any monotone rescaling gives the same segments). Optimal partitioning by dynamic
 programming (`change_points`, with PELT pruning) picks the segments and one whole-frame offset per segment that
-maximise the summed ranks minus `SEGMENT_PENALTY` per extra segment, every segment at least `MIN_SEGMENT_S`
-long. Neighbouring segments whose offsets differ by at most one frame (the in-sync tolerance) are then merged:
+maximise the summed ranks minus a penalty per extra segment (`SEGMENT_PENALTY`, growing as sqrt(W) on long
+tracks, `SEGMENT_PENALTY_PER_ROOT`), every segment at least `MIN_SEGMENT_S` long. Neighbouring segments whose offsets differ by at most one frame (the in-sync tolerance) are then merged:
 a slow drift shows as such one-frame steps and is reported by the drift, not as segments. Each segment's
 ``offset_ms`` is the sub-frame peak of its own mean curve (`subframe.subframe_offset`), with an interval.
 This finds an audio edit inside one continuous shot as well as a change at a cut: a cut that changes the
@@ -17,7 +17,7 @@ picture usually also ends the face track (the tracker needs the face box to over
 next), so segments never span two tracks, and a cut inside a track where the offset changes is a change
 point like any other.
 
-**Drift** (`estimate_drift`): the track's windows are grouped in `DRIFT_BLOCK_S` blocks; each block's
+**Drift** (`estimate_drift`): the track's windows are grouped in `DRIFT_BLOCK_S` (1 s) blocks; each block's
 sub-frame offset is the peak of its mean curve; the slope is the median of the pairwise slopes between
 blocks of the same segment (Theil-Sen, stratified by segment so a step is not mistaken for a drift), in ms of
 offset per minute of video, with a bootstrap interval over blocks. None when the track is too short: the
@@ -49,12 +49,15 @@ MIN_SEGMENT_S = 2.0
 """Shortest segment, in seconds of video: shorter stretches are too few windows to hold an offset of their own
 (10 windows at stride 5)."""
 SEGMENT_PENALTY = 6.0
-"""Cost of one extra segment, in summed-rank units (one window's best candidate is worth +1): a change point
-must gain at least as much as six windows that fully agree. Measured on clips with one constant offset
-(benchmarks/RESULTS.md, "Offsets over time")."""
+"""Least cost of one extra segment, in summed-rank units (one window's best candidate is worth +1): a change
+point must gain at least as much as six windows that fully agree."""
+SEGMENT_PENALTY_PER_ROOT = 0.8
+"""... and at least this times sqrt(number of windows): on a track whose windows carry no sync (the tiny model
+on real faces, another clip's audio) the best split gains about 0.5-0.8 sqrt(W) by chance (measured on the
+four real clips, benchmarks/RESULTS.md), while a real step gains about one per window of the shorter side."""
 MERGE_TOLERANCE_FRAMES = 1
 """Neighbouring segments whose whole-frame offsets differ by at most this are one segment."""
-DRIFT_BLOCK_S = 2.0
+DRIFT_BLOCK_S = 1.0
 """Blocks of windows whose mean curve gives one offset for the drift fit."""
 DRIFT_MIN_SPAN_S = 10.0
 """A drift needs block centres spanning at least this many seconds inside its segments (summed over segments;
@@ -200,8 +203,9 @@ def find_segments(
     vshift: int = SEARCH_RANGE,
     *,
     min_segment_s: float = MIN_SEGMENT_S,
-    penalty: float = SEGMENT_PENALTY,
+    penalty: float | None = None,
     lower_is_better: bool = False,
+    mel_rounding: bool = True,
     p_value_of: PValueOf | None = None,
     verdict_of: VerdictOf | None = None,
     fps: float = ANALYSIS_FPS,
@@ -210,7 +214,9 @@ def find_segments(
 
     ``starts`` (W,) first frames in time order, ``rows`` (W, 2 * vshift + 1) their scores. ``p_value_of(mask)``
     fills each segment's ``p_value`` from a boolean mask over the W windows; ``verdict_of(offset_ms, p_value)``
-    fills its ``verdict`` (both left None without them). Segments tile the track's scored time: a boundary
+    fills its ``verdict`` (both left None without them). ``penalty``: the cost of an extra segment (default
+    max(`SEGMENT_PENALTY`, `SEGMENT_PENALTY_PER_ROOT` x sqrt(W))). SyncNet distances: ``lower_is_better=True,
+    mel_rounding=False`` (see `subframe.subframe_offset`). Segments tile the track's scored time: a boundary
     lies half-way between the centres of the last window of one segment and the first of the next.
     """
     s, r = _check(starts, rows, vshift)
@@ -219,6 +225,8 @@ def find_segments(
     span = int(s[-1] - s[0]) + 1
     per_frame = len(s) / span  # windows per frame (1 / stride, gaps included)
     min_len = max(1, int(round(min_segment_s * fps * per_frame)))
+    if penalty is None:
+        penalty = max(SEGMENT_PENALTY, SEGMENT_PENALTY_PER_ROOT * float(np.sqrt(len(s))))
     parts = change_points(window_ranks(r, lower_is_better), min_len, penalty)
     merged: list[list[int]] = []
     for first, stop, j in parts:
@@ -232,7 +240,9 @@ def find_segments(
     for k, (first, stop, _j) in enumerate(merged):
         start_s = s[0] / fps if k == 0 else (centres[first - 1] + centres[first]) / 2.0
         end_s = (s[-1] + WINDOW_FRAMES) / fps if k == len(merged) - 1 else (centres[stop - 1] + centres[stop]) / 2.0
-        sub = subframe_offset(r[first:stop], s[first:stop], vshift, lower_is_better=lower_is_better)
+        sub = subframe_offset(
+            r[first:stop], s[first:stop], vshift, lower_is_better=lower_is_better, mel_rounding=mel_rounding
+        )
         seg = Segment(
             start_s=float(start_s),
             end_s=float(end_s),
@@ -266,6 +276,7 @@ def block_offsets(
     *,
     block_s: float = DRIFT_BLOCK_S,
     lower_is_better: bool = False,
+    mel_rounding: bool = True,
     fps: float = ANALYSIS_FPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(centre times s, sub-frame offsets ms, first window index) of consecutive ``block_s`` blocks of windows;
@@ -280,7 +291,7 @@ def block_offsets(
         curve = mean_curve(r[sel])
         if not np.isfinite(curve).any():
             continue
-        pos = candidate_positions_ms(s[sel], vshift, np.isfinite(r[sel]))
+        pos = candidate_positions_ms(s[sel], vshift, np.isfinite(r[sel]), mel_rounding)
         offsets.append(interpolate_peak(curve, vshift, positions_ms=pos, lower_is_better=lower_is_better))
         times.append(float(np.mean(s[sel] + WINDOW_FRAMES / 2.0)) / fps)
         firsts.append(int(sel[0]))
@@ -306,6 +317,7 @@ def estimate_drift(
     min_span_s: float = DRIFT_MIN_SPAN_S,
     min_blocks: int = DRIFT_MIN_BLOCKS,
     lower_is_better: bool = False,
+    mel_rounding: bool = True,
     n_boot: int = N_BOOTSTRAP,
     level: float = INTERVAL_LEVEL,
     seed: int = 0,
@@ -319,7 +331,7 @@ def estimate_drift(
     segment over the whole track.
     """
     times, offsets, firsts = block_offsets(
-        starts, rows, vshift, block_s=block_s, lower_is_better=lower_is_better, fps=fps
+        starts, rows, vshift, block_s=block_s, lower_is_better=lower_is_better, mel_rounding=mel_rounding, fps=fps
     )
     group = np.zeros(len(times), np.int64)
     for k, seg in enumerate(segments or []):

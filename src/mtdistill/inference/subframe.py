@@ -85,14 +85,19 @@ def audio_lag_ms(audio_windows: np.ndarray) -> np.ndarray:
 
 
 def candidate_positions_ms(
-    starts: np.ndarray | None, vshift: int = SEARCH_RANGE, valid: np.ndarray | None = None
+    starts: np.ndarray | None,
+    vshift: int = SEARCH_RANGE,
+    valid: np.ndarray | None = None,
+    mel_rounding: bool = True,
 ) -> np.ndarray:
     """(2 * vshift + 1,) offset in ms that each candidate j really tests, averaged over the windows that scored it:
     (vshift - j) * FRAME_MS + the mean `audio_lag_ms` of their audio windows. ``starts``: the windows' first
-    frames (None: the nominal whole-frame offsets); ``valid`` (W, C): which windows scored each candidate."""
+    frames (None: the nominal whole-frame offsets); ``valid`` (W, C): which windows scored each candidate.
+    ``mel_rounding=False`` for scorers whose audio windows start exactly on the frame (SyncNet's MFCC windows:
+    4 columns per frame): the nominal offsets."""
     offsets = vshift - np.arange(2 * vshift + 1)
     nominal = offsets * FRAME_MS
-    if starts is None or len(starts) == 0:
+    if starts is None or len(starts) == 0 or not mel_rounding:
         return nominal.astype(np.float64)
     s = np.asarray(starts, np.int64)
     a = s[:, None] - offsets[None, :]  # (W, C) audio window of every candidate
@@ -175,6 +180,7 @@ def subframe_offset(
     vshift: int = SEARCH_RANGE,
     *,
     lower_is_better: bool = False,
+    mel_rounding: bool = True,
     n_boot: int = N_BOOTSTRAP,
     level: float = INTERVAL_LEVEL,
     seed: int = 0,
@@ -183,13 +189,14 @@ def subframe_offset(
 
     ``rows`` (W, 2 * vshift + 1): each window's scores (NaN = candidate not scored), as `score_chunk` returns
     them; ``starts`` (W,): the windows' first frames, for the 5-frame bootstrap blocks. The offset is
-    `interpolate_peak` of the mean curve; the interval holds the central ``level`` of the bootstrap replicates'
-    offsets, widened to contain the point estimate.
+    `interpolate_peak` of the mean curve at the candidates' real positions (`candidate_positions_ms`;
+    ``mel_rounding=False`` for SyncNet); the interval holds the central ``level`` of the bootstrap replicates'
+    offsets, widened to contain the point estimate. SyncNet distances: ``lower_is_better=True``.
     """
     rows = np.asarray(rows, np.float64)
     if rows.ndim != 2 or rows.shape[1] != 2 * vshift + 1 or len(rows) == 0:
         raise UserError(f"score rows must be (windows, {2 * vshift + 1}) with at least one window, got {rows.shape}")
-    pos = candidate_positions_ms(starts, vshift, np.isfinite(rows))
+    pos = candidate_positions_ms(starts, vshift, np.isfinite(rows), mel_rounding)
 
     def peak(curve: np.ndarray) -> float:
         return interpolate_peak(curve, vshift, positions_ms=pos, lower_is_better=lower_is_better)
