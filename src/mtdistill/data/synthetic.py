@@ -90,8 +90,8 @@ def talking_clip(
 
     wave = speech.synthesize(arts[0], voice, rng)
     a0 = (pad_s + lead_s) * SAMPLE_RATE
-    if drift == 0 and a0 == round(a0):
-        audio = wave[int(a0) : int(a0) + n_samples]
+    if drift == 0 and (offset_ms is None or abs(a0 - round(a0)) < 1e-6):  # the nearest whole sample
+        audio = wave[int(round(a0)) : int(round(a0)) + n_samples]
     else:  # sub-sample positions: linear interpolation of the clean sound
         audio = np.interp(a0 + np.arange(n_samples) * (1.0 + drift), np.arange(len(wave)), wave)
 
