@@ -9,8 +9,9 @@ row is turned into ranks (`window_ranks`: the best candidate +1, the worst -1, a
 score scale does not matter (any monotone rescaling gives the same segments). Optimal partitioning by dynamic
 programming (`change_points`, with PELT pruning) picks the segments and one whole-frame offset per segment that
 maximise the summed ranks minus a penalty per extra segment (`SEGMENT_PENALTY`, growing as sqrt(W) on long
-tracks, `SEGMENT_PENALTY_PER_ROOT`), every segment at least `MIN_SEGMENT_S` long. Neighbouring segments whose offsets differ by at most one frame (the in-sync tolerance) are then merged:
-a slow drift shows as such one-frame steps and is reported by the drift, not as segments. Each segment's
+tracks, `SEGMENT_PENALTY_PER_ROOT`), every segment at least `MIN_SEGMENT_S` long. Neighbouring segments whose
+offsets differ by at most one frame (the in-sync tolerance) are then merged: a slow drift shows as such
+one-frame steps and is reported by the drift, not as segments. Each segment's
 ``offset_ms`` is the sub-frame peak of its own mean curve (`subframe.subframe_offset`), with an interval.
 This finds an audio edit inside one continuous shot as well as a change at a cut: a cut that changes the
 picture usually also ends the face track (the tracker needs the face box to overlap from one detection to the
