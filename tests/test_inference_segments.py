@@ -13,6 +13,7 @@ from _track_rows import track_rows
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import FRAME_MS, SEARCH_RANGE
 from mtdistill.data.synthetic import make_talking_video, talking_clip, write_mp4
+from mtdistill.inference.plot import draw_timeline
 from mtdistill.inference.segments import (
     DRIFT_MIN_SPAN_S,
     change_points,
@@ -114,6 +115,30 @@ def test_one_frame_steps_of_a_drift_are_one_segment_and_the_slope_is_found() -> 
     assert drift is not None and drift.low <= drift.ms_per_min <= drift.high
     assert abs(drift.ms_per_min - 120.0) < 15.0 and drift.low <= 120.0 <= drift.high
     assert drift.to_dict()["drift_ms_per_min"] == round(drift.ms_per_min, 2)
+
+
+def test_a_track_without_sync_is_not_cut_into_pieces() -> None:
+    # scores that carry no offset at all (another clip's audio, a model that does not work on these faces)
+    for n, seed in ((60, 0), (300, 1), (1200, 2)):
+        rows = np.random.default_rng(seed).normal(size=(n, 31))
+        assert len(find_segments(np.arange(n) * 5, rows)) == 1, n
+
+
+def test_the_timeline_draws_each_segment_with_its_interval(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    starts = np.arange(0, 500, 5)
+    segs = find_segments(starts, _rows(starts, np.where(starts < 300, 120.0, -80.0), noise=0.5))
+    fig, ax = plt.subplots()
+    draw_timeline(ax, segs)
+    draw_timeline(ax, [s.to_dict() for s in segs])
+    lines = [ln.get_ydata()[0] for ln in ax.get_lines()]
+    assert len(lines) == 4 and lines[0] == pytest.approx(segs[0].offset_ms / FRAME_MS) and len(ax.collections) == 4
+    fig.savefig(tmp_path / "timeline.png")
+    plt.close(fig)
 
 
 def test_bad_shapes_are_one_line_errors() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdistill.core.safeio import atomic_path
+from mtdistill.core.timing import FRAME_MS
 
 
 def plot_sync(result, path: str | os.PathLike) -> Path:
@@ -25,8 +26,9 @@ def plot_sync(result, path: str | os.PathLike) -> Path:
         ax_curve.plot(offsets, t.curve, marker=".", label=label)
         ax_curve.axvline(t.offset_frames, color="grey", lw=0.6, ls=":")
         times = (np.asarray(t.window_starts) + 2.5) / result.fps
-        ax_time.plot(times, t.window_offsets, ".", ms=3, label=f"track {t.track}")
+        dots = ax_time.plot(times, t.window_offsets, ".", ms=3, label=f"track {t.track}")
         ax_time.axhline(t.offset_frames, color="grey", lw=0.6, ls=":")
+        draw_timeline(ax_time, getattr(t, "segments", None) or [], color=dots[0].get_color())
     ax_curve.set_xlabel("offset (frames; + = audio leads video)")
     ax_curve.set_ylabel("mean distance (lower = better)" if syncnet else "mean logit (higher = better)")
     ax_curve.set_title(Path(result.video).name, fontsize=9)
@@ -34,10 +36,27 @@ def plot_sync(result, path: str | os.PathLike) -> Path:
     ax_time.set_xlabel("time (s)")
     ax_time.set_ylabel("window offset (frames)")
     ax_time.set_ylim(-result.vshift - 1, result.vshift + 1)
-    ax_time.set_title(f"per-window offsets (stride {result.stride})", fontsize=9)
+    ax_time.set_title(f"per-window offsets and segments (stride {result.stride})", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def _field(seg, name: str):
+    return seg[name] if isinstance(seg, dict) else getattr(seg, name)
+
+
+def draw_timeline(ax, segments, color: str | None = None) -> None:
+    """The offset over time of one track on a (time s, offset frames) axis: each segment (a dict with
+    start_s / end_s / offset_ms, or an `inference.segments.Segment`) as a thick line at its sub-frame offset,
+    with its interval shaded when it has one (offset_low_ms / offset_high_ms, or low_ms / high_ms)."""
+    for seg in segments:
+        start, end, off = float(_field(seg, "start_s")), float(_field(seg, "end_s")), float(_field(seg, "offset_ms"))
+        ax.plot([start, end], [off / FRAME_MS] * 2, color=color, lw=2.5, solid_capstyle="butt")
+        low = seg.get("offset_low_ms") if isinstance(seg, dict) else getattr(seg, "low_ms", None)
+        high = seg.get("offset_high_ms") if isinstance(seg, dict) else getattr(seg, "high_ms", None)
+        if low is not None and high is not None:
+            ax.fill_between([start, end], [low / FRAME_MS] * 2, [high / FRAME_MS] * 2, color=color, alpha=0.2, lw=0)

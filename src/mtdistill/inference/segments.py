@@ -11,7 +11,8 @@ programming (`change_points`, with PELT pruning) picks the segments and one whol
 maximise the summed ranks minus a penalty per extra segment (`SEGMENT_PENALTY`, growing as sqrt(W) on long
 tracks, `SEGMENT_PENALTY_PER_ROOT`), every segment at least `MIN_SEGMENT_S` long. Neighbouring segments whose
 offsets differ by at most one frame (the in-sync tolerance) are then merged: a slow drift shows as such
-one-frame steps and is reported by the drift, not as segments. Each segment's
+one-frame steps and is reported by the drift, not as segments; and so is a segment whose offset does not stand
+out from chance (`SEGMENT_MIN_Z`), so a track without sync stays one segment. Each segment's
 ``offset_ms`` is the sub-frame peak of its own mean curve (`subframe.subframe_offset`), with an interval.
 This finds an audio edit inside one continuous shot as well as a change at a cut: a cut that changes the
 picture usually also ends the face track (the tracker needs the face box to overlap from one detection to the
@@ -56,6 +57,11 @@ SEGMENT_PENALTY_PER_ROOT = 0.8
 """... and at least this times sqrt(number of windows): on a track whose windows carry no sync (the tiny model
 on real faces, another clip's audio) the best split gains about 0.5-0.8 sqrt(W) by chance (measured on the
 four real clips, benchmarks/RESULTS.md), while a real step gains about one per window of the shorter side."""
+SEGMENT_MIN_Z = 2.5
+"""A segment is kept apart only if its offset stands out: its best candidate's summed ranks reach this times
+sqrt(its windows). Windows without sync give ranks uniform in [-1, 1]: the best of 31 candidates reaches about
+1.4 sqrt(n) and exceeds 2.5 sqrt(n) with probability ~2e-4; windows in sync with the tiny model average 0.65 per
+window, so a segment of 15 windows (3 s at stride 5) qualifies. A weaker segment joins a neighbour."""
 MERGE_TOLERANCE_FRAMES = 1
 """Neighbouring segments whose whole-frame offsets differ by at most this are one segment."""
 DRIFT_BLOCK_S = 1.0
@@ -228,17 +234,12 @@ def find_segments(
     min_len = max(1, int(round(min_segment_s * fps * per_frame)))
     if penalty is None:
         penalty = max(SEGMENT_PENALTY, SEGMENT_PENALTY_PER_ROOT * float(np.sqrt(len(s))))
-    parts = change_points(window_ranks(r, lower_is_better), min_len, penalty)
-    merged: list[list[int]] = []
-    for first, stop, j in parts:
-        if merged and abs(merged[-1][2] - j) <= MERGE_TOLERANCE_FRAMES:
-            merged[-1][1] = stop
-            merged[-1][2] = _best_column(r[merged[-1][0] : stop], lower_is_better)
-        else:
-            merged.append([first, stop, j])
+    ranks = window_ranks(r, lower_is_better)
+    parts = change_points(ranks, min_len, penalty)
+    merged = _merge([[a, b] for a, b, _ in parts], ranks)
     centres = (s + WINDOW_FRAMES / 2.0) / fps
     out = []
-    for k, (first, stop, _j) in enumerate(merged):
+    for k, (first, stop) in enumerate(merged):
         start_s = s[0] / fps if k == 0 else (centres[first - 1] + centres[first]) / 2.0
         end_s = (s[-1] + WINDOW_FRAMES) / fps if k == len(merged) - 1 else (centres[stop - 1] + centres[stop]) / 2.0
         sub = subframe_offset(
@@ -263,8 +264,32 @@ def find_segments(
     return out
 
 
-def _best_column(rows: np.ndarray, lower_is_better: bool) -> int:
-    return int(np.argmax(window_ranks(rows, lower_is_better).sum(axis=0)))
+def _merge(parts: list[list[int]], ranks: np.ndarray) -> list[list[int]]:
+    """Join neighbouring [first, stop) parts whose best columns differ by at most MERGE_TOLERANCE_FRAMES, and
+    parts whose offset does not stand out (SEGMENT_MIN_Z) into the neighbour with the closer offset."""
+
+    def column(p: list[int]) -> int:
+        return int(np.argmax(ranks[p[0] : p[1]].sum(axis=0)))
+
+    def z(p: list[int]) -> float:
+        return float(ranks[p[0] : p[1]].sum(axis=0).max() / np.sqrt(p[1] - p[0]))
+
+    parts = [list(p) for p in parts]
+    while len(parts) > 1:
+        cols = [column(p) for p in parts]
+        close = [k for k in range(len(parts) - 1) if abs(cols[k] - cols[k + 1]) <= MERGE_TOLERANCE_FRAMES]
+        if close:
+            k = close[0]
+        else:
+            zs = [z(p) for p in parts]
+            weak = int(np.argmin(zs))
+            if zs[weak] >= SEGMENT_MIN_Z:
+                break
+            left = abs(cols[weak - 1] - cols[weak]) if weak > 0 else np.inf
+            right = abs(cols[weak + 1] - cols[weak]) if weak < len(parts) - 1 else np.inf
+            k = weak - 1 if left <= right else weak
+        parts[k : k + 2] = [[parts[k][0], parts[k + 1][1]]]
+    return parts
 
 
 # ---------------------------------------------------------------------------------------------- drift
