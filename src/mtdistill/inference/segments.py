@@ -72,6 +72,12 @@ a shorter track gives None)."""
 DRIFT_MIN_BLOCKS = 5
 """... and at least this many blocks."""
 
+MAX_DP_UNITS = 1000
+"""Longer tracks are segmented over groups of consecutive windows (their ranks summed), at most this many
+groups, so the dynamic programme stays well under a second (a 1 h track at stride 5 has 18,000 windows)."""
+MAX_DRIFT_BLOCKS = 200
+"""Longer tracks get longer drift blocks, so that the pairwise slopes and their bootstrap stay cheap."""
+
 PValueOf = Callable[[np.ndarray], float]
 """p_value_of(mask): the p-value of the windows selected by a boolean mask over the track's scored windows."""
 VerdictOf = Callable[[float, "float | None"], str]
@@ -235,8 +241,12 @@ def find_segments(
     if penalty is None:
         penalty = max(SEGMENT_PENALTY, SEGMENT_PENALTY_PER_ROOT * float(np.sqrt(len(s))))
     ranks = window_ranks(r, lower_is_better)
-    parts = change_points(ranks, min_len, penalty)
-    merged = _merge([[a, b] for a, b, _ in parts], ranks)
+    group = -(-len(s) // MAX_DP_UNITS)  # ceil: 1 up to MAX_DP_UNITS windows
+    edges = np.arange(0, len(s), group)
+    units = np.add.reduceat(ranks, edges, axis=0)
+    parts = change_points(units, -(-min_len // group), penalty)
+    bounds = np.append(edges, len(s))
+    merged = _merge([[int(bounds[a]), int(bounds[b])] for a, b, _ in parts], ranks)
     centres = (s + WINDOW_FRAMES / 2.0) / fps
     out = []
     for k, (first, stop) in enumerate(merged):
@@ -305,12 +315,14 @@ def block_offsets(
     mel_rounding: bool = True,
     fps: float = ANALYSIS_FPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre times s, sub-frame offsets ms, first window index) of consecutive ``block_s`` blocks of windows;
-    each offset is the interpolated peak of the block's mean curve."""
+    """(centre times s, sub-frame offsets ms, first window index) of consecutive ``block_s`` blocks of windows
+    (longer on long tracks: at most `MAX_DRIFT_BLOCKS` blocks); each offset is the interpolated peak of the
+    block's mean curve."""
     s, r = _check(starts, rows, vshift)
     if len(s) == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    ids = (s - s[0]) // max(1, int(round(block_s * fps)))
+    block_frames = max(1, int(round(block_s * fps)), -(-int(s[-1] - s[0] + 1) // MAX_DRIFT_BLOCKS))
+    ids = (s - s[0]) // block_frames
     times, offsets, firsts = [], [], []
     for b in np.unique(ids):
         sel = np.nonzero(ids == b)[0]
