@@ -87,3 +87,22 @@ def test_full_frame_mode_recovers_the_offset_of_a_face_crop_video(trained_tiny_m
     est = subframe_offset(rows, starts)
     assert est.offset_frames == OFFSET_FRAMES, est
     assert est.low_ms <= OFFSET_FRAMES * 40.0 <= est.high_ms
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "realvideos"
+
+
+@pytest.mark.realvideo
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["latentsync_demo1_video.mp4", "pcavs_Audio_Source_00015.mp4", "sadtalker_WDA_KatieHill_000.mp4",
+     "videoretalking_face_4.mp4"],
+)  # fmt: skip
+def test_real_clips_are_not_tight_face_crops(name: str) -> None:
+    # 1080x1920 portrait, and 224 / 512 / 700 square generated clips whose face is 0.4-0.65 of the frame:
+    # detection inside them gives the crop the models were trained on (LRS2 is re-detected 160x160 crops too)
+    path = REAL / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    assert not is_face_crop_video(path)
