@@ -126,8 +126,11 @@ class CurveAccumulator:
     starts: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
-    row_list: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    """The (31,) score row of every window in ``starts`` (NaN = candidate missing): what `inference.subframe` and
+    `inference.segments` read."""
     null_list: list[np.ndarray] = field(default_factory=list)
+    """Null-band rows of the same windows, per chunk (`inference.significance`)."""
 
     def __post_init__(self) -> None:
         self.sums = np.zeros(2 * self.vshift + 1)
@@ -146,7 +149,7 @@ class CurveAccumulator:
                 self.starts.append(int(v))
                 self.offsets.append(self.vshift - j)
                 self.best.append(float(row[j]))
-        self.row_list.append(np.asarray(rows, np.float32)[keep])
+                self.rows.append(np.array(row, np.float32))
         if null_rows is not None:
             self.null_list.append(np.asarray(null_rows, np.float32)[keep])
 
@@ -154,9 +157,9 @@ class CurveAccumulator:
     def n_windows(self) -> int:
         return len(self.starts)
 
-    def rows(self) -> np.ndarray:
-        """(n_windows, 31) score rows of the kept windows, in the order of ``starts``."""
-        return np.concatenate(self.row_list) if self.row_list else np.empty((0, 2 * self.vshift + 1), np.float32)
+    def row_matrix(self) -> np.ndarray:
+        """(n_windows, 31) rows in window order (empty (0, 31) before any window)."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 2 * self.vshift + 1), np.float32)
 
     def null_rows(self) -> np.ndarray:
         """(n_windows, B) null-band rows (empty when no null was scored)."""

@@ -261,7 +261,7 @@ def sync_video(
                 window_offsets=acc.offsets,
                 window_starts=acc.starts,
             )
-            results.append(judge_track(track, acc.rows(), acc.null_rows(), rule, stride))
+            results.append(judge_track(track, acc.row_matrix(), acc.null_rows(), rule, stride))
     timing["crops_and_model_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     if not results:
