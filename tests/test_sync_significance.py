@@ -19,7 +19,6 @@ from mtdistill.data.synthetic import make_talking_video, talking_clip, write_mp4
 from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule
 from mtdistill.inference.significance import (
     DEFAULT_ALPHA,
-    bootstrap_offset_interval,
     check_alpha,
     inflation,
     null_band_width,
@@ -89,15 +88,6 @@ def test_null_band_keeps_clear_of_the_search_range() -> None:
         assert np.minimum(rel, n_audio - rel).min() >= 15 + 5  # no overlap with audio windows at -15..15
     assert null_band_width(60) == 0  # too short: no null, p_value None
     assert p_value(np.zeros((5, 31)), np.empty((0, 0))) is None
-
-
-def test_bootstrap_interval_holds_the_estimate() -> None:
-    rng = np.random.default_rng(3)
-    rows = _rows(rng, 30, 12, 2.0)  # candidate 12 = offset +3
-    lo, hi = bootstrap_offset_interval(rows)
-    assert lo <= 3 - 0.5 and hi >= 3 + 0.5 and hi - lo <= 2
-    lo, hi = bootstrap_offset_interval(rng.normal(size=(30, 31)))
-    assert hi - lo > 4  # no peak: a wide interval
 
 
 def test_main_track_is_the_most_significant_face() -> None:

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         alpha=args.alpha,
         standards=check_standards(args.standards),
+        full_frame=args.full_frame,
     )
     summary = score_folder(args.folder, args.csv, spec, workers=args.workers, progress=sys.stderr.isatty())
     print(format_table(summary))

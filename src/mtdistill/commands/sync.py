@@ -57,6 +57,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--detector", default="haar", help="face detector (haar, mtcnn, or module:Class)")
     g.add_argument(
+        "--full-frame",
+        dest="full_frame",
+        action="store_const",
+        const=True,
+        default=None,
+        help="score the whole frame as the face, no detection (videos that are one aligned face crop; default: "
+        "automatic, decided on the first 2 s)",
+    )
+    g.add_argument(
+        "--no-full-frame",
+        dest="full_frame",
+        action="store_const",
+        const=False,
+        help="always detect faces, even in a video that looks like one face crop",
+    )
+    g.add_argument(
         "--detect-every",
         type=int,
         default=None,
@@ -105,6 +121,7 @@ def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
         bf16=args.bf16,
         alpha=args.alpha,
         standards=args.standards,
+        full_frame=args.full_frame,
     )
 
 

@@ -23,15 +23,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mtdistill.core.errors import UserError
-from mtdistill.core.timing import FRAME_MS, SEARCH_RANGE
+from mtdistill.core.timing import ANALYSIS_FPS, SEARCH_RANGE
+from mtdistill.inference.segments import estimate_drift, find_segments
 from mtdistill.inference.significance import (
     DEFAULT_ALPHA,
-    bootstrap_offset_interval,
     check_alpha,
     overlap_lags,
     p_value,
 )
 from mtdistill.inference.standards import STANDARD_SIGN, STANDARDS, check_standards, judge_all
+from mtdistill.inference.subframe import subframe_offset
 
 SIGN_CONVENTION = (
     "offset_frames = video frame index - index of the best-matching audio window; "
@@ -158,6 +159,20 @@ class VerdictRule:
         return "in_sync" if abs(offset_frames) <= IN_SYNC_TOLERANCE else "out_of_sync"
 
 
+def curve_margin(rows: np.ndarray, higher_is_better: bool = True) -> float:
+    """`confidence` of a set of windows: best - median of their mean curve (max - median of logits; for
+    distances median - min, i.e. LSE-C)."""
+    r = np.asarray(rows, np.float64)
+    valid = np.isfinite(r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curve = np.where(valid, r, 0.0).sum(0) / valid.sum(0)
+    curve = curve[np.isfinite(curve)]
+    if curve.size == 0:
+        return float("nan")
+    best = np.max(curve) if higher_is_better else np.min(curve)
+    return float(abs(best - np.median(curve)))
+
+
 def judge_track(
     track: TrackResult,
     rows: np.ndarray,
@@ -165,13 +180,47 @@ def judge_track(
     rule: VerdictRule,
     stride: int,
     higher_is_better: bool = True,
+    fps: float = ANALYSIS_FPS,
 ) -> TrackResult:
-    """Fill a track's p_value, verdict, offset interval and standards from its score rows and null band."""
-    track.p_value = p_value(rows, null_rows, higher_is_better, overlap_lags(stride))
+    """Fill a track's p_value, verdict, sub-frame offset and interval, standards, segments and drift from its score
+    rows (in the order of ``track.window_starts``) and null band."""
+    rows = np.asarray(rows)
+    starts = np.asarray(track.window_starts, np.int64)
+    lags = overlap_lags(stride)
+    lower = not higher_is_better
+    vshift = (rows.shape[1] - 1) // 2 if rows.ndim == 2 else SEARCH_RANGE
+    track.p_value = p_value(rows, null_rows, higher_is_better, lags)
     track.verdict = rule.verdict(track.offset_frames, track.p_value, track.confidence)
-    lo, hi = bootstrap_offset_interval(rows, higher_is_better)
-    track.offset_ms_interval = [round(lo * FRAME_MS, 3), round(hi * FRAME_MS, 3)]
+    if len(rows) == 0:
+        return track
+    sub = subframe_offset(rows, starts, vshift, lower_is_better=lower, mel_rounding=higher_is_better)
+    track.offset_ms = round(sub.offset_ms, 1)
+    track.offset_ms_interval = [round(sub.low_ms, 1), round(sub.high_ms, 1)]
     track.standards = judge_all(rule.standards, track.offset_ms_interval, track.verdict != "undetermined")
+    null = np.asarray(null_rows)
+    has_null = null.ndim == 2 and len(null) == len(rows)
+
+    def seg_p(mask: np.ndarray) -> float | None:
+        return p_value(rows[mask], null[mask] if has_null else np.empty((0, 0)), higher_is_better, lags)
+
+    segments = find_segments(
+        starts, rows, vshift, lower_is_better=lower, mel_rounding=higher_is_better, p_value_of=seg_p, fps=fps
+    )
+    out = []
+    for seg in segments:
+        mask = seg.mask(len(rows))
+        conf = curve_margin(rows[mask], higher_is_better)
+        seg.verdict = rule.verdict(seg.offset_frames, seg.p_value, conf)
+        d = seg.to_dict()
+        d["standards"] = judge_all(rule.standards, [seg.low_ms, seg.high_ms], seg.verdict != "undetermined")
+        out.append(d)
+    track.segments = out
+    drift = estimate_drift(
+        starts, rows, segments, vshift, lower_is_better=lower, mel_rounding=higher_is_better, fps=fps
+    )
+    if drift is not None:
+        track.drift_ms_per_min = round(drift.ms_per_min, 2)
+        track.drift_ms_per_min_interval = [round(drift.low, 2), round(drift.high, 2)]
     return track
 
 

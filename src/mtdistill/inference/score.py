@@ -67,6 +67,7 @@ class ModelSpec:
     bf16: bool = False
     alpha: float | None = None
     standards: tuple[str, ...] = ()
+    full_frame: bool | None = None
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -114,6 +115,7 @@ def _score_one(video: str) -> list[dict]:
             bf16=spec.bf16,
             alpha=spec.alpha,
             standards=spec.standards,
+            full_frame=spec.full_frame,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]

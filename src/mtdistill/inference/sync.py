@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SAMPLE_RATE, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.inference.face_tracks import find_tracks
 from mtdistill.inference.onnx_runtime import load_onnx_model
 from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track, readout_logits
 from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_windows, score_chunk
@@ -29,7 +30,7 @@ from mtdistill.inference.syncnet_sync import sync_video_syncnet
 from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
 from mtdistill.media.audio import load_audio
 from mtdistill.media.frames import probe
-from mtdistill.media.tracking import iter_mouth_crops, track_faces
+from mtdistill.media.tracking import iter_mouth_crops
 from mtdistill.models.presets import check_preset, frames_to_input, windows_to_video
 from mtdistill.models.syncnet import SyncNet
 from mtdistill.models.vocalist import VocaLiST
@@ -174,6 +175,7 @@ def sync_video(
     bf16: bool = False,
     alpha: float | None = None,
     standards: list[str] | tuple[str, ...] | None = None,
+    full_frame: bool | None = None,
 ) -> SyncResult:
     """Estimate the audio-visual offset of every face track in ``path`` (see the module docstring).
 
@@ -187,6 +189,8 @@ def sync_video(
     ``alpha``: p_value at or below which a verdict is confident (default `significance.DEFAULT_ALPHA`);
     ``min_confidence``, when given, decides instead (the v1 margin rule). ``standards``: names from
     `inference.standards.STANDARDS`, judged per track.
+    ``full_frame``: True scores the whole frame as one face track (no detection: videos that are one aligned face
+    crop), False always detects faces, None (default) decides with `media.tracking.is_face_crop_video`.
     """
     if stride < 1:
         raise UserError(f"--stride must be >= 1, got {stride}")
@@ -200,6 +204,7 @@ def sync_video(
             stride=stride,
             vshift=vshift,
             rule=rule,
+            full_frame=full_frame,
             detector=detector,
             device=device,
             progress=progress,
@@ -217,8 +222,7 @@ def sync_video(
     wave = load_audio(path)
     timing["audio_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    every = detect_every or min(stride, 5)
-    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
+    found = find_tracks(path, detector, detect_every or min(stride, 5), rescan_every, full_frame, progress)
     tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     timing["faces_s"] = time.perf_counter() - t1
     if not tracks:

@@ -22,11 +22,11 @@ import torch
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.inference.face_tracks import find_tracks
 from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track
 from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.media.audio import load_audio
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
-from mtdistill.media.tracking import track_faces
 from mtdistill.models.syncnet import (
     FACE_SIZE,
     SyncNet,
@@ -118,6 +118,7 @@ def sync_video_syncnet(
     stride: int = 1,
     vshift: int = SEARCH_RANGE,
     rule: VerdictRule | None = None,
+    full_frame: bool | None = None,
     detector: str = "haar",
     device: str | None = None,
     progress: bool = False,
@@ -133,8 +134,7 @@ def sync_video_syncnet(
     if not info.has_audio:
         raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
     wave = load_audio(path)
-    every = detect_every or min(stride, 5)
-    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
+    found = find_tracks(path, detector, detect_every or min(stride, 5), rescan_every, full_frame, progress)
     tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     if not tracks:
         raise UserError(f"{path}: no face found for at least {WINDOW_FRAMES + 1} consecutive frames")
