@@ -50,7 +50,7 @@ def test_score_rows_errors_resume_and_aggregates(folder, tmp_path, capsys) -> No
     good = by_video["a.mp4"]
     assert good["error"] == "" and good["verdict"] in {"in_sync", "out_of_sync", "undetermined"}
     assert abs(float(good["offset_ms"]) - int(good["offset_frames"]) * 40.0) <= 40.0  # sub-frame
-    assert good["p_value"] != "" and good["n_segments"] != ""
+    assert good["p_value"] == "" and good["n_segments"] == "1"  # 1.6 s: too short for a null band
     # second pass over a folder that also holds them: nothing is scored twice, b.mp4 is added (2 workers)
     shutil.copy(root / "sub" / "b.mp4", first / "b.mp4")
     assert (

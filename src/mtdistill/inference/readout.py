@@ -199,16 +199,12 @@ def judge_track(
     track.standards = judge_all(rule.standards, track.offset_ms_interval, track.verdict != "undetermined")
     null = np.asarray(null_rows)
     has_null = null.ndim == 2 and len(null) == len(rows)
-
-    def seg_p(mask: np.ndarray) -> float | None:
-        return p_value(rows[mask], null[mask] if has_null else np.empty((0, 0)), higher_is_better, lags)
-
-    segments = find_segments(
-        starts, rows, vshift, lower_is_better=lower, mel_rounding=higher_is_better, p_value_of=seg_p, fps=fps
-    )
+    segments = find_segments(starts, rows, vshift, lower_is_better=lower, mel_rounding=higher_is_better, fps=fps)
     out = []
     for seg in segments:
         mask = seg.mask(len(rows))
+        # the track's null restricted to the segment's windows (None when the track has no null)
+        seg.p_value = p_value(rows[mask], null[mask] if has_null else np.empty((0, 0)), higher_is_better, lags)
         conf = curve_margin(rows[mask], higher_is_better)
         seg.verdict = rule.verdict(seg.offset_frames, seg.p_value, conf)
         d = seg.to_dict()
