@@ -7,6 +7,7 @@ another clip's audio, the same model with its final classifier scaled, random we
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,41 @@ def test_syncnet_distances_get_a_p_value(tmp_path) -> None:
     t = sync_video(clip, net, stride=5).main_track()
     assert t.p_value is not None and 0.0 < t.p_value <= 1.0
     assert t.verdict == "undetermined"  # random weights: no lip-sync signal
+
+
+# ------------------------------------------------------------------------------- wiring: segments, full frame
+
+
+def test_sync_json_gives_segments_with_p_values_verdicts_and_standards(trained, tmp_path, capsys) -> None:
+    """An audio edit inside one shot (+120 ms -> -80 ms at 6 s) through the whole CLI: two segments, each with
+    its own offset, p_value, verdict and standards; the track's standards are judged on its interval."""
+    before, after = talking_clip(11, 12.0, offset_ms=120.0), talking_clip(11, 12.0, offset_ms=-80.0)
+    cut = 6 * 16000
+    path = tmp_path / "edit.mp4"
+    write_mp4(path, before.frames, np.concatenate([before.audio[:cut], after.audio[cut:]]))
+    argv = ["sync", str(path), "--checkpoint", str(TRAINED_TINY), "--stride", "2", "--json"]
+    assert main([*argv, "--standard", "ebu-r37", "--standard", "itu-bt1359-accept"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema"] == "mtdistill-sync/2" and set(data["standard_windows"]) == {"ebu-r37", "itu-bt1359-accept"}
+    track = data["tracks"][0]
+    segs = track["segments"]
+    assert len(segs) == 2 and abs(segs[0]["end_s"] - 6.0) <= 1.0, segs
+    assert abs(segs[0]["offset_ms"] - 120.0) <= 20.0 and abs(segs[1]["offset_ms"] + 80.0) <= 20.0
+    for seg in segs:
+        assert seg["p_value"] is not None and seg["p_value"] <= DEFAULT_ALPHA and seg["verdict"] == "out_of_sync"
+    # +120 ms (sound 120 ms early): beyond both leads (EBU R37 +40, ITU acceptability +90)
+    assert segs[0]["standards"] == {"ebu-r37": "fail", "itu-bt1359-accept": "fail"}
+    # -80 ms (sound 80 ms late): outside EBU R37 (-60), inside ITU acceptability (-185)
+    assert segs[1]["standards"] == {"ebu-r37": "fail", "itu-bt1359-accept": "pass"}
+    lo, hi = track["offset_ms_interval"]
+    assert lo <= track["offset_ms"] <= hi
+    assert track["drift_ms_per_min"] is None or isinstance(track["drift_ms_per_min"], float)
+
+
+def test_full_frame_flag_scores_the_whole_frame(trained, tmp_path, capsys) -> None:
+    clip = talking_clip(33, 3.4, offset_frames=4)
+    path = tmp_path / "talk.mp4"
+    write_mp4(path, clip.frames, clip.audio)
+    assert main(["sync", str(path), "--checkpoint", str(TRAINED_TINY), "--stride", "5", "--json", "--full-frame"]) == 0
+    track = json.loads(capsys.readouterr().out)["tracks"][0]
+    assert (track["start_frame"], track["end_frame"]) == (0, 84)  # every frame, no detection
