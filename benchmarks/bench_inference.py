@@ -6,6 +6,7 @@
     python benchmarks/bench_inference.py rss        [--minutes 10] [--stride 5]
     python benchmarks/bench_inference.py calibrate  --checkpoint CKPT [--clips 12]
     python benchmarks/bench_inference.py stride     --checkpoint CKPT [--clips 6]
+    python benchmarks/bench_inference.py falseconf  [--checkpoint CKPT] [--clips 6] [--seeds 3] [--scaled-clips 3]
 
 Without --checkpoint the student / teacher have random weights: speed and memory do not depend on the weights,
 accuracy does (the int8 run then reports agreement of the chosen offsets between fp32 and int8 instead).
@@ -43,18 +44,19 @@ def bench_rtf(args) -> dict:
     model = _model(args)
     rows = []
     for clip in sorted(Path(args.realvideos).glob("*.mp4")):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             res = sync_video(clip, model, stride=args.stride, bf16=args.bf16)
         except Exception as exc:  # noqa: BLE001 - report and go on
             rows.append({"clip": clip.name, "error": str(exc)})
             continue
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rows.append(
             {
                 "clip": clip.name,
                 "duration_s": round(res.duration_s, 2),
                 "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
                 "rtf": round(wall / res.duration_s, 3),
                 "faces_s": res.timing.get("faces_s"),
                 "crops_and_model_s": res.timing.get("crops_and_model_s"),
@@ -274,9 +276,105 @@ def bench_stride(args) -> dict:
     return out
 
 
+def _swap_audio(video: Path, audio_from: Path, out: Path) -> Path:
+    """``video``'s packets copied with ``audio_from``'s audio re-encoded (AAC) in place of its own."""
+    import av
+
+    from mtdistill.inference.fix import _decode_audio, _remux
+    from mtdistill.media.decode import open_media
+
+    with open_media(audio_from) as pb:
+        a = pb.streams.audio[0]
+        sr, layout, audio = a.rate, a.layout.name, _decode_audio(pb, a, audio_from)
+    with open_media(video) as inp:
+        o = av.open(str(out), mode="w", format="mp4")
+        try:
+            _remux(inp, o, inp.streams.video[0], inp.streams.audio[0], audio, "aac", sr, layout, video)
+        finally:
+            o.close()
+    return out
+
+
+def _scaled(checkpoint: str, factor: float):
+    from mtdistill.models import VocaLiST
+
+    model = VocaLiST.from_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.classifier.weight.mul_(factor)
+        model.classifier.bias.mul_(factor)
+    return model.eval()
+
+
+def bench_falseconf(args) -> dict:
+    """Confident verdicts (p_value <= alpha) where there is no true offset to find, and agreement of scaled
+    models: random weights on the real clips, real clips with another real clip's audio, synthetic clips with
+    another clip's audio (trained model, stride 5 and 1), and the trained model's classifier scaled by 0.25 / 4."""
+    from mtdistill.data.synthetic import make_talking_video, talking_clip, write_mp4
+    from mtdistill.inference.significance import DEFAULT_ALPHA
+    from mtdistill.inference.sync import sync_video
+    from mtdistill.models import VocaLiST
+
+    ckpt = args.checkpoint or str(Path(__file__).resolve().parents[1] / "tests" / "data" / "trained_tiny.safetensors")
+    trained = VocaLiST.from_checkpoint(ckpt)
+    real = sorted(Path(args.realvideos).glob("*.mp4"))
+    groups: dict[str, list[dict]] = {}
+
+    def record(group: str, name: str, res, truth: int | None = None) -> None:
+        for t in res.tracks:
+            row = {"clip": name, "track": t.track, "offset": t.offset_frames, "p_value": t.p_value,
+                   "verdict": t.verdict, "confidence": round(t.confidence, 3)}  # fmt: skip
+            if truth is not None:
+                row["truth"] = truth
+            groups.setdefault(group, []).append(row)
+            print(group, json.dumps(row), flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(args.seeds):
+            torch.manual_seed(seed)
+            tiny = VocaLiST.tiny(preset="mtd").eval()
+            for clip in real:
+                record("random tiny, real clips", f"{clip.name} seed {seed}", sync_video(clip, tiny, stride=5))
+        torch.manual_seed(0)
+        student = VocaLiST.student(preset="mtd").eval()
+        for clip in real:
+            record("random student, real clips", clip.name, sync_video(clip, student, stride=5))
+        for i, clip in enumerate(real):
+            other = real[(i + 1) % len(real)]
+            swapped = _swap_audio(clip, other, Path(tmp) / f"swap_{i}.mp4")
+            record("trained tiny, real clip + other real audio", f"{clip.name} + {other.name}",
+                   sync_video(swapped, trained, stride=5))  # fmt: skip
+        scaled = {"x0.25": _scaled(ckpt, 0.25), "x4": _scaled(ckpt, 4.0)}
+        for i in range(args.clips):
+            a, b = talking_clip(2000 + i, 4.0), talking_clip(9000 + i, 4.0)
+            sw = Path(tmp) / f"sw{i}.mp4"
+            write_mp4(sw, a.frames, b.audio)
+            k = int(np.random.default_rng(50 + i).integers(-10, 11))
+            kn = Path(tmp) / f"k{i}.mp4"
+            make_talking_video(kn, seed=2500 + i, duration_s=4.0, offset_frames=k)
+            models = {"x1": trained, **(scaled if i < args.scaled_clips else {})}
+            for tag, m in models.items():
+                record(f"trained tiny {tag}, synthetic + other audio, stride 5", f"sw{i}", sync_video(sw, m, stride=5))
+                record(f"trained tiny {tag}, synthetic known offset, stride 5", f"k{i}", sync_video(kn, m, stride=5), k)
+            record("trained tiny, synthetic + other audio, stride 1", f"sw{i}", sync_video(sw, trained, stride=1))
+    out = {}
+    for group, rows in groups.items():
+        confident = [r for r in rows if r["p_value"] is not None and r["p_value"] <= DEFAULT_ALPHA]
+        summary = {"tracks": len(rows), "confident": len(confident),
+                   "min_p": min((r["p_value"] for r in rows if r["p_value"] is not None), default=None)}  # fmt: skip
+        if "known" in group:
+            summary["confident_and_right"] = sum(abs(r["offset"] - r["truth"]) <= 1 for r in confident)
+        out[group] = summary
+    ref = {(r["clip"]): r for g, rows in groups.items() if g.startswith("trained tiny x1") for r in rows}
+    for tag in ("x0.25", "x4"):
+        rows = [r for g, rs in groups.items() if g.startswith(f"trained tiny {tag},") for r in rs]
+        same = sum((r["verdict"], r["p_value"]) == (ref[r["clip"]]["verdict"], ref[r["clip"]]["p_value"]) for r in rows)
+        out[f"scaled {tag}: same verdict and p_value as x1"] = f"{same}/{len(rows)}"
+    return {"alpha": DEFAULT_ALPHA, "summary": out, "rows": groups}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("rtf", "latency", "int8", "rss", "calibrate", "stride"))
+    p.add_argument("what", choices=("rtf", "latency", "int8", "rss", "calibrate", "stride", "falseconf"))
     p.add_argument("--realvideos", default=str(REALVIDEOS))
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--preset", default=None)
@@ -284,10 +382,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--clips", type=int, default=6)
     p.add_argument("--bf16", action="store_true", help="rtf: bfloat16 autocast (sync --bf16)")
+    p.add_argument("--seeds", type=int, default=3, help="falseconf: random-weight tiny models per real clip")
+    p.add_argument("--scaled-clips", type=int, default=3, help="falseconf: synthetic clips also run scaled")
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args()
     benches = {"rtf": bench_rtf, "latency": bench_latency, "int8": bench_int8, "rss": bench_rss,
-               "calibrate": bench_calibrate, "stride": bench_stride}  # fmt: skip
+               "calibrate": bench_calibrate, "stride": bench_stride, "falseconf": bench_falseconf}  # fmt: skip
     result = benches[args.what](args)
     result = {"what": args.what, "torch_threads": torch.get_num_threads(), **result}
     print(json.dumps(result, indent=1))

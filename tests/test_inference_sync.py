@@ -22,11 +22,13 @@ from mtdistill.models.presets import frames_to_input, windows_to_video
 RESULT_KEYS = {
     "video", "duration_s", "fps", "source_fps", "n_frames", "model", "preset", "stride", "vshift",
     "min_confidence", "tracks", "timing", "sign_convention", "schema",
+    "alpha", "verdict_rule", "standard_windows", "standard_sign",
     "warnings",
 }  # fmt: skip
 TRACK_KEYS = {
     "track", "start_frame", "end_frame", "n_windows", "offset_frames", "offset_ms", "confidence", "verdict",
     "curve", "window_offsets", "window_starts", "lse_c", "lse_d",
+    "p_value", "offset_ms_interval", "standards", "segments", "drift_ms_per_min", "drift_ms_per_min_interval",
 }  # fmt: skip
 
 
@@ -61,13 +63,15 @@ def test_json_schema_is_stable(clip, tiny) -> None:
     assert set(data) == RESULT_KEYS
     assert data["fps"] == 25.0 and data["stride"] == 5 and data["vshift"] == 15
     assert data["sign_convention"] == SIGN_CONVENTION and "positive = audio leads video" in SIGN_CONVENTION
-    assert data["schema"] == "mtdistill-sync/1"
+    assert data["schema"] == "mtdistill-sync/2"
     assert data["duration_s"] == pytest.approx(2.4, abs=0.05)
     assert len(data["tracks"]) == 1
     track = data["tracks"][0]
     assert set(track) == TRACK_KEYS
     assert len(track["curve"]) == 31 and all(np.isfinite(track["curve"]))
-    assert track["offset_ms"] == track["offset_frames"] * 40.0
+    assert abs(track["offset_ms"] - track["offset_frames"] * 40.0) <= 40.0  # sub-frame, within a frame
+    lo, hi = track["offset_ms_interval"]
+    assert lo <= track["offset_ms"] <= hi and track["segments"] and track["segments"][0]["verdict"]
     assert track["verdict"] in {"in_sync", "out_of_sync", "undetermined"}
     # stride 5: windows start every 5 frames from the track start, 5 frames inside the track
     starts = track["window_starts"]
@@ -84,8 +88,8 @@ def test_streamed_scores_equal_direct_model_calls(crops_wave, tiny) -> None:
     starts = np.array([0, 7, 30, crops.shape[0] - 5])
     frames = frames_to_input(crops, "mtd")
     windows = windows_to_video(frames, starts)
-    rows = score_chunk(PairScorer(tiny), windows, starts, wave, n_audio)
-    assert rows.shape == (4, 31)
+    rows, null = score_chunk(PairScorer(tiny), windows, starts, wave, n_audio)
+    assert rows.shape == (4, 31) and null is None
     for w, v in enumerate(starts):
         for j in (0, 9, 15, 30):
             a = v - 15 + j

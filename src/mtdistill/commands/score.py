@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
     from mtdistill.commands.sync import check_model_arguments
     from mtdistill.engines import engine_from_args
     from mtdistill.inference.score import ModelSpec, format_table, score_folder, summary_path
+    from mtdistill.inference.significance import check_alpha
+    from mtdistill.inference.standards import check_standards
     from mtdistill.media.detectors import check_detector
+
+    if args.alpha is not None:
+        check_alpha(args.alpha)
 
     check_detector(args.detector)
 
@@ -48,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         rescan_every=args.rescan_every,
         bf16=args.bf16,
         device=args.device,
+        alpha=args.alpha,
+        standards=check_standards(args.standards),
+        full_frame=args.full_frame,
     )
     engine = engine_from_args(args)
     run_videos = None

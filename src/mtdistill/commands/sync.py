@@ -40,12 +40,43 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-confidence",
         type=float,
         default=None,
-        help="confidence below which the verdict is undetermined (default: calibrated, see docs/sync.md)",
+        help="decide verdicts by the v1 margin rule instead: confidence below this is undetermined (docs/sync.md)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="p_value at or below which a verdict is confident (default 0.01; between 0 and 1, docs/sync.md)",
+    )
+    g.add_argument(
+        "--standard",
+        dest="standards",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="judge each track and segment against a tolerance (repeatable): itu-bt1359-detect, itu-bt1359-accept, "
+        "ebu-r37, atsc-is191, frame; positive = sound ahead of picture",
     )
     g.add_argument(
         "--detector",
         default=DEFAULT_DETECTOR,
         help=f"face detector: {DEFAULT_DETECTOR} (default), haar, mtcnn, or package.module:Class",
+    )
+    g.add_argument(
+        "--full-frame",
+        dest="full_frame",
+        action="store_const",
+        const=True,
+        default=None,
+        help="score the whole frame as the face, no detection (videos that are one aligned face crop; default: "
+        "automatic, decided on the first 2 s)",
+    )
+    g.add_argument(
+        "--no-full-frame",
+        dest="full_frame",
+        action="store_const",
+        const=False,
+        help="always detect faces, even in a video that looks like one face crop",
     )
     g.add_argument(
         "--detect-every",
@@ -123,6 +154,9 @@ def sync_from_args(args: argparse.Namespace, video: str, progress: bool = True):
         detect_every=args.detect_every,
         rescan_every=args.rescan_every,
         bf16=args.bf16,
+        alpha=args.alpha,
+        standards=args.standards,
+        full_frame=args.full_frame,
     )
 
 
@@ -130,12 +164,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mtdistill.core.outputs import check_output_file
+    from mtdistill.inference.readout import VerdictRule, format_tracks
 
     if not Path(args.video).is_file():  # say so before asking for a checkpoint
         raise UserError(f"video {args.video} not found; give the path of a video file")
     check_model_arguments(args)
     if args.plot:
         check_output_file(args.plot, "--plot")
+    VerdictRule.make(args.alpha, args.min_confidence, args.standards)  # bad values: one line before any work
     result = sync_from_args(args, args.video)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -147,11 +183,5 @@ def run(args: argparse.Namespace) -> int:
         print(result.to_json())
         return 0
     print(f"{result.video}: {result.duration_s:.2f} s, model {result.model}, stride {result.stride}")
-    print("track  frames        offset  ms       confidence  verdict")
-    for t in result.tracks:
-        print(
-            f"{t.track:<6} {t.start_frame:>5}-{t.end_frame:<7} {t.offset_frames:>+6d}  {t.offset_ms:>+7.0f}  "
-            f"{t.confidence:>10.2f}  {t.verdict}"
-        )
-    print("(positive offset = audio leads video)")
+    print(format_tracks(result))
     return 0

@@ -55,11 +55,16 @@ def talking_clip(
     size: tuple[int, int] | None = None,
     n_faces: int = 1,
     speaker_seed: int | None = None,
+    offset_ms: float | None = None,
+    drift: float = 0.0,
 ) -> Clip:
     """Render frames and audio of a talking face. Face 0 (leftmost) speaks; others mouth silent speech.
 
     speaker_seed fixes the look and voice (so several clips can share a speaker); seed drives the
     words, motion and noise of this clip.
+    offset_ms: a lead of the sound at sample precision (overrides offset_frames for the audio; the clip's
+    offset_frames is then the nearest whole frame). drift: the sound runs (1 + drift) times as fast as the
+    picture, so its lead grows by drift / (1 + drift) seconds per second of video (linear interpolation).
     """
     if duration_s <= 0.2:
         raise UserError(f"duration {duration_s} s is too short; use at least 0.2 s")
@@ -67,6 +72,9 @@ def talking_clip(
         raise UserError("n_faces must be >= 1")
     size = size or (160 * n_faces, 160)
     w, h = size
+    if offset_ms is not None:
+        offset_frames = int(round(offset_ms * fps / 1000.0))
+    lead_s = offset_frames / fps if offset_ms is None else offset_ms / 1000.0
     n_frames = int(round(duration_s * fps))
     n_samples = int(round(n_frames * SAMPLE_RATE / fps))
     spk_rng = _speaker_rng(seed if speaker_seed is None else speaker_seed, 0)
@@ -74,7 +82,7 @@ def talking_clip(
     # clean timeline with room for the offset on both sides; the pad is the same for |offset| <= 30, so one
     # seed gives the same pictures and the same (shifted) sound whatever the offset
     pad_s = (max(abs(offset_frames), 30) + 2) / fps
-    total_s = duration_s + 2 * pad_s + 0.1
+    total_s = duration_s * (1 + abs(drift)) + 2 * pad_s + 0.1
 
     voice = speech.Voice.random(spk_rng)
     looks = [detectable_look(spk_rng, size, (i / n_faces, (i + 1) / n_faces)) for i in range(n_faces)]
@@ -82,8 +90,11 @@ def talking_clip(
     arts += [speech.random_articulation(rng, total_s, speech.Voice.random(rng)) for _ in range(n_faces - 1)]
 
     wave = speech.synthesize(arts[0], voice, rng)
-    a0 = int(round((pad_s + offset_frames / fps) * SAMPLE_RATE))
-    audio = wave[a0 : a0 + n_samples]
+    a0 = (pad_s + lead_s) * SAMPLE_RATE
+    if drift == 0 and (offset_ms is None or abs(a0 - round(a0)) < 1e-6):  # the nearest whole sample
+        audio = wave[int(round(a0)) : int(round(a0)) + n_samples]
+    else:  # sub-sample positions: linear interpolation of the clean sound
+        audio = np.interp(a0 + np.arange(n_samples) * (1.0 + drift), np.arange(len(wave)), wave)
 
     canvas0 = render.background(looks[0], size, rng)
     sprites = [render.face_sprite(app, size) for app in looks]
@@ -183,21 +194,25 @@ def make_talking_video(
     size: tuple[int, int] | None = None,
     n_faces: int = 1,
     speaker_seed: int | None = None,
+    offset_ms: float | None = None,
+    drift: float = 0.0,
 ) -> dict:
     """Write one synthetic talking-face .mp4; positive offset_frames = the audio leads the video.
 
     Returns {"path", "n_frames", "n_samples", "fps", "offset_frames", "offset_ms", "size", "n_faces"}.
-    size is (W, H), default (160 * n_faces, 160); face 0 (leftmost) is the one that speaks.
+    size is (W, H), default (160 * n_faces, 160); face 0 (leftmost) is the one that speaks. offset_ms and
+    drift: see `talking_clip` (a sample-precise lead and a linear drift of the sound).
     """
-    clip = talking_clip(seed, duration_s, offset_frames, fps, size, n_faces, speaker_seed)
+    clip = talking_clip(seed, duration_s, offset_frames, fps, size, n_faces, speaker_seed, offset_ms, drift)
     write_mp4(path, clip.frames, clip.audio, fps)
     return {
         "path": str(path),
         "n_frames": int(clip.frames.shape[0]),
         "n_samples": int(clip.audio.shape[0]),
         "fps": fps,
-        "offset_frames": int(offset_frames),
-        "offset_ms": offset_frames * 1000.0 / fps,
+        "offset_frames": int(clip.offset_frames),
+        "offset_ms": clip.offset_frames * 1000.0 / fps if offset_ms is None else float(offset_ms),
+        "drift": float(drift),
         "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
         "n_faces": n_faces,
     }

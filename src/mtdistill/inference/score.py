@@ -49,8 +49,13 @@ COLUMNS = (
     "n_windows",
     "offset_frames",
     "offset_ms",
+    "offset_ms_low",
+    "offset_ms_high",
     "confidence",
+    "p_value",
     "verdict",
+    "drift_ms_per_min",
+    "n_segments",
     "lse_c",
     "lse_d",
     "duration_s",
@@ -58,6 +63,11 @@ COLUMNS = (
     "error",
     "warnings",
 )
+"""Fixed columns; one column per requested standard (pass / fail / undetermined) follows them."""
+
+
+def csv_columns(standards: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return COLUMNS + tuple(standards)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,9 @@ class ModelSpec:
     rescan_every: int = 25
     bf16: bool = False
     device: str | None = None
+    alpha: float | None = None
+    standards: tuple[str, ...] = ()
+    full_frame: bool | None = None
 
 
 def find_videos(folder: str | os.PathLike) -> list[Path]:
@@ -122,6 +135,9 @@ def _score_one(video: str) -> list[dict]:
             rescan_every=spec.rescan_every,
             bf16=spec.bf16,
             device=spec.device,
+            alpha=spec.alpha,
+            standards=spec.standards,
+            full_frame=spec.full_frame,
         )
     except UserError as exc:
         return [{"video": video, "error": str(exc)}]
@@ -135,9 +151,15 @@ def _score_one(video: str) -> list[dict]:
             "end_frame": t.end_frame,
             "n_windows": t.n_windows,
             "offset_frames": t.offset_frames,
-            "offset_ms": t.offset_ms,
+            "offset_ms": round(t.offset_ms, 2),
+            "offset_ms_low": "" if t.offset_ms_interval is None else t.offset_ms_interval[0],
+            "offset_ms_high": "" if t.offset_ms_interval is None else t.offset_ms_interval[1],
             "confidence": round(t.confidence, 4),
+            "p_value": "" if t.p_value is None else f"{t.p_value:.4g}",
             "verdict": t.verdict,
+            "drift_ms_per_min": "" if t.drift_ms_per_min is None else round(t.drift_ms_per_min, 2),
+            "n_segments": len(t.segments),
+            **t.standards,
             "lse_c": "" if t.lse_c is None else round(t.lse_c, 4),
             "lse_d": "" if t.lse_d is None else round(t.lse_d, 4),
             "duration_s": round(res.duration_s, 3),
@@ -149,17 +171,17 @@ def _score_one(video: str) -> list[dict]:
     ]
 
 
-HEADER = ",".join(COLUMNS)  # the first line of every score CSV
+HEADER = ",".join(COLUMNS)  # the first columns of every score CSV (standards add their own after them)
 
 
-def _append(csv_path: Path, rows: Iterable[dict]) -> None:
+def _append(csv_path: Path, rows: Iterable[dict], columns: tuple[str, ...] = COLUMNS) -> None:
     """Append rows; the header of a new CSV is written atomically first (appends are the resume design)."""
     if not csv_path.is_file() or csv_path.stat().st_size == 0:
-        atomic_write_text(csv_path, HEADER + "\r\n")  # csv.writer's own line ending
+        atomic_write_text(csv_path, ",".join(columns) + "\r\n")  # csv.writer's own line ending
     with open(csv_path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         for row in rows:
-            writer.writerow({c: row.get(c, "") for c in COLUMNS})
+            writer.writerow({c: row.get(c, "") for c in columns})
         fh.flush()
 
 
@@ -241,7 +263,7 @@ def check_csv(csv_path: str | os.PathLike, videos: Sequence[Path] = ()) -> Path:
                 pass
         except OSError as exc:
             raise UserError(f"cannot write --csv {path} ({exc.strerror or exc}); {fix}") from None
-        if first != HEADER:
+        if first.split(",")[: len(COLUMNS)] != list(COLUMNS):
             raise UserError(
                 f"--csv {path} exists and is not a score CSV (its first line is not the score header), "
                 f"so it was left untouched; {fix}"
@@ -339,7 +361,7 @@ def score_folder(
     with tqdm(total=len(todo), desc="score", unit="video", disable=not progress, dynamic_ncols=True) as bar:
         if workers == 1:
             for v in todo:
-                _append(csv_path, _score_one(v))
+                _append(csv_path, _score_one(v), csv_columns(spec.standards))
                 bar.update(1)
         else:
             # spawn: torch and fork do not mix well; the workers die with this process (core.processes)
@@ -347,7 +369,7 @@ def score_folder(
                 futures = [pool.submit(_score_one, v) for v in todo]
                 try:
                     for fut in as_completed(futures):
-                        _append(csv_path, fut.result())
+                        _append(csv_path, fut.result(), csv_columns(spec.standards))
                         bar.update(1)
                 except BrokenProcessPool:
                     raise UserError(

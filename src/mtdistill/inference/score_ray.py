@@ -31,7 +31,7 @@ from mtdistill.engines.ray_engine import (
     task_slots,
 )
 from mtdistill.inference import score as sc
-from mtdistill.inference.score import ModelSpec, _append, done_videos
+from mtdistill.inference.score import ModelSpec, _append, csv_columns, done_videos
 
 
 def _score_task(spec, threads: int, video: str, key: str) -> tuple[list[dict], tuple[str, int], bool]:
@@ -104,7 +104,7 @@ def score_videos(
                 if video in written:
                     stats.duplicates += 1
                     continue
-                _append(csv_path, rows)
+                _append(csv_path, rows, csv_columns(spec.standards))
                 written.add(video)
                 stats.done += 1
                 stats.failed += int(any(r.get("error") for r in rows))

@@ -117,7 +117,8 @@ class PairScorer:
 
 @dataclass
 class CurveAccumulator:
-    """Running per-candidate sums (for the window-averaged curve) and per-window offsets of one track."""
+    """Running per-candidate sums (for the window-averaged curve), per-window offsets and the per-window score
+    rows (and null-band rows, `inference.significance`) of one track."""
 
     vshift: int = SEARCH_RANGE
     sums: np.ndarray = field(init=False)
@@ -125,31 +126,66 @@ class CurveAccumulator:
     starts: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    """The (31,) score row of every window in ``starts`` (NaN = candidate missing): what `inference.subframe` and
+    `inference.segments` read."""
+    null_list: list[np.ndarray] = field(default_factory=list)
+    """Null-band rows of the same windows, per chunk (`inference.significance`)."""
 
     def __post_init__(self) -> None:
         self.sums = np.zeros(2 * self.vshift + 1)
         self.counts = np.zeros(2 * self.vshift + 1, dtype=np.int64)
 
-    def add(self, starts: np.ndarray, rows: np.ndarray) -> None:
-        """rows (W, 31) logits with NaN for missing candidates."""
+    def add(self, starts: np.ndarray, rows: np.ndarray, null_rows: np.ndarray | None = None) -> None:
+        """rows (W, 31) logits with NaN for missing candidates; null_rows (W, B) the null band of the same
+        windows (or None)."""
         valid = ~np.isnan(rows)
         self.sums += np.where(valid, rows, 0.0).sum(0)
         self.counts += valid.sum(0)
+        keep = valid.any(1)
         for v, row, ok in zip(starts, rows, valid, strict=True):
             if ok.any():
                 j = int(np.nanargmax(row))
                 self.starts.append(int(v))
                 self.offsets.append(self.vshift - j)
                 self.best.append(float(row[j]))
+                self.rows.append(np.array(row, np.float32))
+        if null_rows is not None:
+            self.null_list.append(np.asarray(null_rows, np.float32)[keep])
 
     @property
     def n_windows(self) -> int:
         return len(self.starts)
 
+    def row_matrix(self) -> np.ndarray:
+        """(n_windows, 31) rows in window order (empty (0, 31) before any window)."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 2 * self.vshift + 1), np.float32)
+
+    def null_rows(self) -> np.ndarray:
+        """(n_windows, B) null-band rows (empty when no null was scored)."""
+        if not self.null_list or sum(len(x) for x in self.null_list) != self.n_windows:
+            return np.empty((0, 0), np.float32)
+        widths = {x.shape[1] for x in self.null_list}
+        if len(widths) != 1:
+            return np.empty((0, 0), np.float32)
+        return np.concatenate(self.null_list)
+
     def curve(self) -> np.ndarray:
         """Window-averaged score per candidate j (offset vshift - j); NaN where no window had that candidate."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+
+
+def _audio_mels(wave: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+    """(len(idx), 1, 80, 16) mels of the audio windows ``idx`` (sorted, unique), one mel slice per contiguous run."""
+    parts = []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    for run in np.split(idx, breaks):
+        c0 = mel_window_start(int(run[0]))
+        mel = mel_columns(wave, c0, mel_window_start(int(run[-1])) + MEL_WINDOW)
+        cols = np.array([mel_window_start(int(a)) - c0 for a in run])[:, None] + np.arange(MEL_WINDOW)[None, :]
+        parts.append(mel[:, cols].transpose(1, 0, 2)[:, None])
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
 
 
 def score_chunk(
@@ -159,26 +195,37 @@ def score_chunk(
     wave: np.ndarray,
     n_audio: int,
     vshift: int = SEARCH_RANGE,
-) -> np.ndarray:
+    null_shift: int | None = None,
+    null_width: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(W, 31) logits of visual windows starting at absolute frames ``starts`` against audio windows
-    starts - vshift .. starts + vshift; NaN where the audio window does not exist (before 0 or past the end)."""
+    starts - vshift .. starts + vshift; NaN where the audio window does not exist (before 0 or past the end).
+
+    With ``null_shift`` s and ``null_width`` B > 0, also the (W, B) null band: each window against the audio
+    windows (start + s + b) mod n_audio, b = 0..B-1 (`inference.significance`); else None.
+    """
     w = len(starts)
     rows = np.full((w, 2 * vshift + 1), np.nan, dtype=np.float32)
-    a_lo = max(int(starts.min()) - vshift, 0)
-    a_hi = min(int(starts.max()) + vshift, n_audio - 1)
-    if w == 0 or a_lo > a_hi:
-        return rows
-    audio_idx = np.arange(a_lo, a_hi + 1)
-    c0 = mel_window_start(a_lo)
-    mel = mel_columns(wave, c0, mel_window_start(a_hi) + MEL_WINDOW)
-    cols = np.array([mel_window_start(a) - c0 for a in audio_idx])[:, None] + np.arange(MEL_WINDOW)[None, :]
-    mels = torch.from_numpy(np.ascontiguousarray(mel[:, cols].transpose(1, 0, 2)[:, None]))
+    use_null = null_shift is not None and null_width > 0 and w > 0
+    null = np.full((w, null_width), np.nan, dtype=np.float32) if use_null else None
     cand = starts[:, None] - vshift + np.arange(2 * vshift + 1)[None, :]  # absolute audio window per candidate
-    ok = (cand >= a_lo) & (cand <= a_hi)
+    ok = (cand >= 0) & (cand < n_audio)
     wi, ji = np.nonzero(ok)
     if len(wi) == 0:
-        return rows
+        return rows, null
+    needed = [cand[wi, ji]]
+    if use_null:
+        band = (starts[:, None] + null_shift + np.arange(null_width)[None, :]) % n_audio
+        needed.append(band.ravel())
+    audio_idx = np.unique(np.concatenate(needed))
     vid = scorer.video(windows)
-    aud = scorer.audio(mels)
-    rows[wi, ji] = scorer.pairs(vid, aud, wi, cand[wi, ji] - a_lo)
-    return rows
+    aud = scorer.audio(_audio_mels(wave, audio_idx))
+    vi, ai = wi, np.searchsorted(audio_idx, cand[wi, ji])
+    if use_null:
+        bw, bb = np.nonzero(np.ones_like(band, dtype=bool))
+        vi, ai = np.concatenate([vi, bw]), np.concatenate([ai, np.searchsorted(audio_idx, band[bw, bb])])
+    logits = scorer.pairs(vid, aud, vi, ai)
+    rows[wi, ji] = logits[: len(wi)]
+    if use_null:
+        null[bw, bb] = logits[len(wi) :]
+    return rows, null

@@ -22,22 +22,18 @@ from tqdm import tqdm
 
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SAMPLE_RATE, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.inference.face_tracks import find_tracks
 from mtdistill.inference.onnx_runtime import load_onnx_model
-from mtdistill.inference.readout import (
-    DEFAULT_MIN_CONFIDENCE,
-    SyncResult,
-    TrackResult,
-    readout_logits,
-    verdict_for,
-)
+from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track, readout_logits
 from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_windows, score_chunk
+from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
 from mtdistill.inference.weights import NO_CHECKPOINT_MESSAGE
 from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
 from mtdistill.media.decode import collect_decode_problems, stream_ends
 from mtdistill.media.frames import probe
-from mtdistill.media.tracking import iter_mouth_crops, track_faces
+from mtdistill.media.tracking import iter_mouth_crops
 from mtdistill.models.presets import check_preset, frames_to_input, windows_to_video
 from mtdistill.models.syncnet import SyncNet
 from mtdistill.models.vocalist import VocaLiST
@@ -72,6 +68,8 @@ class TrackStream:
         self.scorer, self.wave, self.preset = scorer, wave, preset
         self.vshift, self.chunk_windows, self.progress = vshift, chunk_windows, progress
         self.n_audio = n_audio_windows(len(wave))
+        self.null_width = null_band_width(self.n_audio, vshift)
+        self.null_shift = null_shift(self.n_audio, self.null_width, vshift) if self.null_width else None
         self.starts = np.arange(start_frame, end_frame - WINDOW_FRAMES + 2, stride)
         self.acc = CurveAccumulator(vshift)
         self.crops: list[np.ndarray] = []  # pieces, frames [buf_start, buf_start + n_buffered)
@@ -112,8 +110,10 @@ class TrackStream:
         if ok.any():
             good = starts[ok]
             windows = _windows(frames, int(good[0]) - self.buf_start, good - good[0], self.preset)
-            rows = score_chunk(self.scorer, windows, good, self.wave, self.n_audio, self.vshift)
-            self.acc.add(good, rows)
+            rows, null = score_chunk(
+                self.scorer, windows, good, self.wave, self.n_audio, self.vshift, self.null_shift, self.null_width
+            )
+            self.acc.add(good, rows, null)
         if self.progress is not None:
             self.progress.update(len(starts))
         # drop frames no later window needs
@@ -188,6 +188,9 @@ def analyse_video(
     detect_every: int | None = None,
     rescan_every: int = 25,
     bf16: bool = False,
+    alpha: float | None = None,
+    standards: list[str] | tuple[str, ...] | None = None,
+    full_frame: bool | None = None,
 ) -> SyncResult:
     """Estimate the audio-visual offset of every face track in ``path`` (see the module docstring).
 
@@ -198,18 +201,25 @@ def analyse_video(
     ``rescan_every``: whole-frame face scans at least every n frames, region search near known faces in
     between (`track_faces`; 0 = whole frames only).
     ``bf16``: bfloat16 autocast for the model (VocaLiST family; fast on CPUs with AVX512-BF16 and on GPUs).
+    ``alpha``: p_value at or below which a verdict is confident (default `significance.DEFAULT_ALPHA`);
+    ``min_confidence``, when given, decides instead (the v1 margin rule). ``standards``: names from
+    `inference.standards.STANDARDS`, judged per track.
+    ``full_frame``: True scores the whole frame as one face track (no detection: videos that are one aligned face
+    crop), False always detects faces, None (default) decides with `media.tracking.is_face_crop_video`.
     """
     if stride < 1:
         raise UserError(f"--stride must be >= 1, got {stride}")
     if not 1 <= vshift <= 50:
         raise UserError(f"--vshift must be between 1 and 50 frames, got {vshift}")
+    rule = VerdictRule.make(alpha, min_confidence, standards)
     if isinstance(model, SyncNet):
         return sync_video_syncnet(
             path,
             model,
             stride=stride,
             vshift=vshift,
-            min_confidence=min_confidence,
+            rule=rule,
+            full_frame=full_frame,
             detector=detector,
             device=device,
             progress=progress,
@@ -217,7 +227,6 @@ def analyse_video(
             rescan_every=rescan_every,
         )
     preset = check_preset(preset or getattr(model, "preset", None))
-    min_conf = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     info = probe(path)
@@ -228,8 +237,7 @@ def analyse_video(
     wave = load_audio(path)
     timing["audio_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    every = detect_every or min(stride, 5)
-    found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
+    found = find_tracks(path, detector, detect_every or min(stride, 5), rescan_every, full_frame, progress)
     tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     timing["faces_s"] = time.perf_counter() - t1
     if not tracks:
@@ -259,21 +267,20 @@ def analyse_video(
             if acc.n_windows == 0:
                 continue
             offset, conf, curve = readout_logits(acc.curve(), vshift)
-            results.append(
-                TrackResult(
-                    track=t.track_id,
-                    start_frame=t.start_frame,
-                    end_frame=t.end_frame,
-                    n_windows=acc.n_windows,
-                    offset_frames=offset,
-                    offset_ms=offset * FRAME_MS,
-                    confidence=conf,
-                    verdict=verdict_for(offset, conf, min_conf),
-                    curve=[float(x) for x in curve],
-                    window_offsets=acc.offsets,
-                    window_starts=acc.starts,
-                )
+            track = TrackResult(
+                track=t.track_id,
+                start_frame=t.start_frame,
+                end_frame=t.end_frame,
+                n_windows=acc.n_windows,
+                offset_frames=offset,
+                offset_ms=offset * FRAME_MS,
+                confidence=conf,
+                verdict="undetermined",
+                curve=[float(x) for x in curve],
+                window_offsets=acc.offsets,
+                window_starts=acc.starts,
             )
+            results.append(judge_track(track, acc.row_matrix(), acc.null_rows(), rule, stride))
     timing["crops_and_model_s"] = time.perf_counter() - t2
     timing["total_s"] = time.perf_counter() - t0
     if not results:
@@ -288,7 +295,10 @@ def analyse_video(
         preset=preset,
         stride=stride,
         vshift=vshift,
-        min_confidence=min_conf,
+        min_confidence=rule.min_confidence,
         tracks=results,
         timing={k: round(v, 3) for k, v in timing.items()},
+        alpha=rule.alpha,
+        verdict_rule=rule.text,
+        standard_windows=rule.windows(),
     )

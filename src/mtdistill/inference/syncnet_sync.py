@@ -11,6 +11,10 @@ By default (quirk ``syncnet_jpeg_roundtrip``) the inputs are what syncnet_python
 goes through ffmpeg's default JPEG and OpenCV's decoder (`JpegRoundTrip`, one encoder per track, fed in order),
 and the audio is rounded to int16. ``detector="none"`` takes the video as a face-crop clip (what evaluate() is
 given): one track over the whole clip, the frame itself as the crop (resized to 224x224 if it is not).
+
+The p-value (`inference.significance`) ranks the distances (lower = better) and leaves out the zero-padded
+candidates; its null band compares each video embedding with audio embeddings circularly shifted by about half
+the track's audio, which costs only distances (the audio embeddings of the whole track exist already).
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ import torch
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
-from mtdistill.inference.readout import SYNCNET_MIN_CONFIDENCE, SyncResult, TrackResult, verdict_for
+from mtdistill.inference.face_tracks import find_tracks
+from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track
+from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
 from mtdistill.media.decode import open_media
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
-from mtdistill.media.tracking import FaceTrack, track_faces
+from mtdistill.media.tracking import FaceTrack
 from mtdistill.models.syncnet import (
     FACE_SIZE,
     JpegRoundTrip,
@@ -102,8 +108,18 @@ class _SyncNetTrack:
             for s in range(0, self.n, 256):
                 win = mfcc_windows(feat, np.arange(s, min(s + 256, self.n)))
                 aud.append(net.forward_aud(win.to(device)).cpu())
-        d = candidate_distances(torch.cat(self.embeddings), torch.cat(aud), vshift, self.starts)
-        return lse_metrics(d, vshift), d
+        audio_emb, video_emb = torch.cat(aud), torch.cat(self.embeddings)
+        d = candidate_distances(video_emb, audio_emb, vshift, self.starts)
+        return lse_metrics(d, vshift), d, self._null(video_emb, audio_emb, vshift)
+
+    def _null(self, video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int) -> np.ndarray:
+        """(windows, B) distances of each window to the null band of audio embeddings (empty if too short)."""
+        width = null_band_width(self.n, vshift)
+        shift = null_shift(self.n, width, vshift) if width else None
+        if shift is None:
+            return np.empty((0, 0), np.float32)
+        idx = (torch.as_tensor(self.starts)[:, None] + shift + torch.arange(width)[None, :]) % self.n
+        return torch.linalg.vector_norm(video_emb[:, None, :] - audio_emb[idx] + 1e-6, dim=-1).numpy()
 
 
 def sync_video_syncnet(
@@ -112,7 +128,8 @@ def sync_video_syncnet(
     *,
     stride: int = 1,
     vshift: int = SEARCH_RANGE,
-    min_confidence: float | None = None,
+    rule: VerdictRule | None = None,
+    full_frame: bool | None = None,
     detector: str = DEFAULT_DETECTOR,
     device: str | None = None,
     progress: bool = False,
@@ -127,14 +144,14 @@ def sync_video_syncnet(
     """
     dev = torch.device(device or "cpu")
     net = net.to(dev).eval()
-    min_conf = SYNCNET_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+    rule = rule or VerdictRule()
     t0 = time.perf_counter()
     info = probe(path)
     if not info.has_audio:
         raise UserError(f"{path}: no audio stream; sync needs a video with a visible face and sound")
     quirks = quirks or getattr(net, "quirks", None) or FAITHFUL
     wave = load_audio(path)
-    whole = detector == WHOLE_FRAME
+    whole = detector == WHOLE_FRAME or full_frame is True
     # a 25 fps 224x224 crop clip with the JPEG quirk: its own decoded 4:2:0 frames, as ffmpeg hands them over
     square = (info.width, info.height) == (FACE_SIZE, FACE_SIZE) and abs(info.fps - ANALYSIS_FPS) < 0.01
     as_decoded = whole and quirks.syncnet_jpeg_roundtrip and square
@@ -144,8 +161,7 @@ def sync_video_syncnet(
         full = np.tile(np.array([0, 0, info.width, info.height], np.float32), (max(n, 1), 1))
         found = [FaceTrack(0, 0, n - 1, full, np.ones(max(n, 1), bool))] if n > 0 else []
     else:
-        every = detect_every or min(stride, 5)
-        found = track_faces(path, detector=detector, detect_every=every, progress=progress, rescan_every=rescan_every)
+        found = find_tracks(path, detector, detect_every or min(stride, 5), rescan_every, full_frame, progress)
     tracks = [t for t in found if t.n_frames >= WINDOW_FRAMES + 1]
     if not tracks:
         raise UserError(f"{path}: no face found for at least {WINDOW_FRAMES + 1} consecutive frames")
@@ -176,26 +192,28 @@ def sync_video_syncnet(
         out = st.finish(net, dev, vshift)
         if out is None:
             continue
-        lse, d = out
+        lse, d, null = out
         row_off = (vshift - torch.argmin(d, dim=1)).tolist()
         t = st.track
-        results.append(
-            TrackResult(
-                track=t.track_id,
-                start_frame=t.start_frame,
-                end_frame=t.end_frame,
-                n_windows=len(st.starts),
-                offset_frames=lse.offset_frames,
-                offset_ms=lse.offset_frames * FRAME_MS,
-                confidence=lse.lse_c,
-                verdict=verdict_for(lse.offset_frames, lse.lse_c, min_conf),
-                curve=lse.curve,
-                window_offsets=[int(x) for x in row_off],
-                window_starts=[int(t.start_frame + s) for s in st.starts],
-                lse_c=lse.lse_c,
-                lse_d=lse.lse_d,
-            )
+        # rank statistic: candidates outside the track's audio (upstream's zero padding) count as missing
+        audio_at = torch.as_tensor(st.starts)[:, None] - vshift + torch.arange(2 * vshift + 1)[None, :]
+        rows = torch.where((audio_at >= 0) & (audio_at < st.n), d, torch.nan).numpy()
+        track = TrackResult(
+            track=t.track_id,
+            start_frame=t.start_frame,
+            end_frame=t.end_frame,
+            n_windows=len(st.starts),
+            offset_frames=lse.offset_frames,
+            offset_ms=lse.offset_frames * FRAME_MS,
+            confidence=lse.lse_c,
+            verdict="undetermined",
+            curve=lse.curve,
+            window_offsets=[int(x) for x in row_off],
+            window_starts=[int(t.start_frame + s) for s in st.starts],
+            lse_c=lse.lse_c,
+            lse_d=lse.lse_d,
         )
+        results.append(judge_track(track, rows, null, rule, stride, higher_is_better=False))
     if not results:
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
     lossless = "" if quirks.syncnet_jpeg_roundtrip else ", lossless inputs"
@@ -210,9 +228,12 @@ def sync_video_syncnet(
         preset=None,
         stride=stride,
         vshift=vshift,
-        min_confidence=min_conf,
+        min_confidence=rule.min_confidence,
         tracks=results,
         timing={"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)},
+        alpha=rule.alpha,
+        verdict_rule=rule.text,
+        standard_windows=rule.windows(),
     )
 
 

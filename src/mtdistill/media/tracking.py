@@ -38,7 +38,7 @@ import numpy as np
 from mtdistill.core.errors import UserError
 from mtdistill.core.timing import ANALYSIS_FPS, WINDOW_FRAMES
 from mtdistill.media import DEFAULT_DETECTOR
-from mtdistill.media.crops import crop_mouth
+from mtdistill.media.crops import CROP_MARGIN, crop_mouth
 from mtdistill.media.detectors import FaceDetector, detect_near, get_detector, supports_regions
 from mtdistill.media.frames import MAX_WIDTH, iter_frames, output_size, probe
 
@@ -413,6 +413,120 @@ def track_faces(
     for i, t in enumerate(tracks):
         t.track_id = i
     return tracks
+
+
+# --------------------------------------------------------------------------------------------- full frame
+
+FACE_CROP_MAX_ASPECT = 1.34
+"""A face-crop video is near square: width / height between 1 / 1.34 and 1.34 (4:3 either way at most)."""
+FACE_CROP_MIN_SIDE = 0.85
+"""... and its one detected face box is at least this fraction of the frame's shorter side: a tight crop, where
+re-detection would change the crop (about 0.94 with Haar on a crop cut like `crops.crop_face`; a synthetic
+160x160 clip whose face fills much of the frame gives 0.75 and is detected as usual). Looser crops (FFHQ-style,
+hair and neck, box ~0.6) are left to detection; `--full-frame` still forces the whole frame."""
+FACE_CROP_MAX_CENTRE_OFFSET = 0.2
+"""... centred: the face box's centre within this fraction of the frame's shorter side from the frame's centre."""
+FACE_CROP_MAX_MOTION = 0.1
+"""... and still: over the probed frames the box centre moves by at most this fraction of the shorter side and
+its size by at most this fraction of itself."""
+FACE_CROP_PROBES = (0, 12, 24, 36, 48)
+"""Frames (at 25 fps, within the first two seconds) the detector looks at."""
+DETECT_PAD = 0.25
+"""Each probe frame is padded by this fraction of its size on every side (flat mean colour) before detection: a
+face that fills the frame leaves no room for a detector's window otherwise."""
+
+
+def full_frame_box(width: int, height: int, margin: float = CROP_MARGIN) -> np.ndarray:
+    """The face box [x1, y1, x2, y2] whose square crop (`crops.square_box`, side max(w, h) x (1 + margin)) is
+    exactly the frame's square: a square face-crop video gives the same 96x96 face and mouth crop as a
+    detected face whose square crop it was cut from. A non-square frame is padded to its longer side."""
+    if width < 2 or height < 2:
+        raise UserError(f"frame size {width}x{height} is too small for a face crop")
+    side = max(width, height) / (1.0 + margin)
+    cx, cy = width / 2.0, height / 2.0
+    return np.array([cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0], np.float32)
+
+
+def full_frame_tracks(path: str | os.PathLike, fps: float = ANALYSIS_FPS) -> list[FaceTrack]:
+    """One track covering every frame with the full-frame box (`full_frame_box`): for videos that are already
+    one aligned face crop (generated talking heads, SyncNet-style LSE evaluation). No detection; the length is
+    the header's frame count (`probe`), and `iter_mouth_crops` stops early if the video is shorter."""
+    info = probe(path, fps)
+    if not info.has_video:
+        raise UserError(f"{path}: no video stream; face tracking needs a video")
+    n = info.n_frames
+    if n < WINDOW_FRAMES:
+        raise UserError(
+            f"{path}: only {n} frame(s) at {fps:g} fps ({n / fps:.2f} s); lip sync needs at least {WINDOW_FRAMES}"
+        )
+    box = full_frame_box(info.width, info.height)
+    return [
+        FaceTrack(
+            track_id=0,
+            start_frame=0,
+            end_frame=n - 1,
+            boxes=np.repeat(box[None], n, axis=0),
+            valid=np.ones(n, bool),
+            scores=np.ones(n, np.float32),
+        )
+    ]
+
+
+def _padded_detect(det: FaceDetector, rgb: np.ndarray, pad: float = DETECT_PAD) -> np.ndarray:
+    """Detections (K, 5) in ``rgb`` coordinates, found on the frame padded by ``pad`` x its size per side."""
+    h, w = rgb.shape[:2]
+    py, px = int(round(pad * h)), int(round(pad * w))
+    canvas = np.empty((h + 2 * py, w + 2 * px, 3), np.uint8)
+    canvas[:] = rgb.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    canvas[py : py + h, px : px + w] = rgb
+    dets = np.asarray(det.detect(canvas), np.float32).reshape(-1, 5)
+    dets[:, [0, 2]] -= px
+    dets[:, [1, 3]] -= py
+    return nms(dets)
+
+
+def is_face_crop_video(
+    path: str | os.PathLike, detector: str | FaceDetector = "haar", fps: float = ANALYSIS_FPS
+) -> bool:
+    """True when the video looks like one aligned face crop: near square (`FACE_CROP_MAX_ASPECT`), and on each of
+    the probe frames (`FACE_CROP_PROBES`, the first two seconds) the detector finds exactly one face of at least
+    `FACE_CROP_MIN_SIDE` of the frame, centred (`FACE_CROP_MAX_CENTRE_OFFSET`) and still across the probes
+    (`FACE_CROP_MAX_MOTION`). Such a video is best scored with `full_frame_tracks`."""
+    info = probe(path, fps)
+    if not info.has_video or info.width < 2 or info.height < 2:
+        return False
+    if not 1.0 / FACE_CROP_MAX_ASPECT <= info.width / info.height <= FACE_CROP_MAX_ASPECT:
+        return False
+    det = get_detector(detector)
+    probes = set(FACE_CROP_PROBES)
+    last = max(FACE_CROP_PROBES)
+    boxes = []
+    short = 0.0
+    for k, rgb in iter_frames(path, fps=fps, max_width=MAX_WIDTH, want=lambda k: k in probes):
+        if k > last:
+            break
+        if rgb is None:
+            continue
+        short = float(min(rgb.shape[:2]))
+        dets = _padded_detect(det, rgb)
+        sides = np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1])
+        big = dets[sides >= FACE_CROP_MIN_SIDE * short]
+        if len(big) != 1:
+            return False
+        boxes.append(big[0, :4])
+        centre = np.array(
+            [(big[0, 0] + big[0, 2]) / 2.0 - rgb.shape[1] / 2.0, (big[0, 1] + big[0, 3]) / 2.0 - rgb.shape[0] / 2.0]
+        )
+        if np.abs(centre).max() > FACE_CROP_MAX_CENTRE_OFFSET * short:
+            return False
+    if not boxes:
+        return False
+    b = np.stack(boxes)
+    centres = (b[:, :2] + b[:, 2:]) / 2.0
+    sides = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+    moved = np.abs(centres - centres.mean(axis=0)).max() / short
+    resized = (sides.max() - sides.min()) / sides.mean()
+    return bool(moved <= FACE_CROP_MAX_MOTION and resized <= FACE_CROP_MAX_MOTION)
 
 
 def iter_mouth_crops(
