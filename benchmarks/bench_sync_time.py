@@ -60,7 +60,7 @@ def bench_subframe(args, model, work: Path) -> dict:
                 starts = np.arange(0, tc.track.n_frames - 4, stride) + tc.track.start_frame
                 windows = windows_to_video(frames, starts - tc.track.start_frame)
                 t0 = time.perf_counter()
-                rows = score_chunk(scorer, windows, starts, wave, n_audio)
+                rows, _ = score_chunk(scorer, windows, starts, wave, n_audio)
                 t1 = time.perf_counter()
                 b = subframe_offset(rows, starts)
                 t2 = time.perf_counter()

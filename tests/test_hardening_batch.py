@@ -159,7 +159,11 @@ def test_score_option_errors_stop_before_any_row(clips, tmp_path, capsys):
 def test_score_resume_drops_a_half_written_row(clips, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     header = ",".join(COLUMNS)
-    out.write_bytes(f"{header}\r\n{clips / 'gone.mp4'},0,0,10,2,0,0.0,1.0,in_sync,,,0.4,m,\r\n{clips}/a.m".encode())
+    done = {"video": str(clips / "gone.mp4"), "track": 0, "start_frame": 0, "end_frame": 10, "n_windows": 2,
+            "offset_frames": 0, "offset_ms": 0.0, "confidence": 1.0, "verdict": "in_sync", "duration_s": 0.4,
+            "model": "m"}  # fmt: skip
+    row = ",".join(str(done.get(c, "")) for c in COLUMNS)
+    out.write_bytes(f"{header}\r\n{row}\r\n{clips}/a.m".encode())
     assert score(clips, out) == 0
     capsys.readouterr()
     rows = list(csv.DictReader(out.open(newline="")))

@@ -127,7 +127,7 @@ def test_audio_shift_route_recovers_a_half_frame_lead(trained_tiny_model, half_f
     n_audio = n_audio_windows(len(wave))
     starts = np.arange(tc.track.start_frame, tc.track.end_frame - 3, 5)
     windows = windows_to_video(frames_to_input(tc.crops, trained_tiny_model.preset), starts - tc.track.start_frame)
-    rows = score_chunk(scorer, windows, starts, wave, n_audio)
+    rows, _ = score_chunk(scorer, windows, starts, wave, n_audio)
     est = refine_offset(scorer, scorer.video(windows), starts, wave, n_audio, rows)
     assert est.method == "audio-shift" and est.low_ms <= est.offset_ms <= est.high_ms
     assert abs(est.offset_ms - lead) <= 15.0, est
