@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from mtdistill.core.errors import UserError
@@ -108,18 +107,10 @@ def check_model_arguments(args: argparse.Namespace) -> None:
     without building it.
     """
     from mtdistill.core.devices import pick_device
+    from mtdistill.inference.sync import check_model_options
     from mtdistill.media.detectors import detector_class
 
-    if args.stride < 1:
-        raise UserError(f"--stride must be >= 1 (1 scores every window, 5 every fifth), got {args.stride}")
-    if not 1 <= args.vshift <= 50:
-        raise UserError(f"--vshift must be between 1 and 50 frames, got {args.vshift}")
-    if args.min_confidence is not None and not math.isfinite(args.min_confidence):
-        raise UserError(f"--min-confidence must be a finite number (e.g. 1.8), got {args.min_confidence}")
-    if args.detect_every is not None and args.detect_every < 1:
-        raise UserError(f"--detect-every must be >= 1 (1 = detect on every frame), got {args.detect_every}")
-    if args.rescan_every < 0:
-        raise UserError(f"--rescan-every must be >= 0 (0 = scan every detection frame whole), got {args.rescan_every}")
+    check_model_options(args.stride, args.vshift, args.min_confidence, args.detect_every, args.rescan_every)
     if args.device is not None:
         args.device = pick_device(args.device)
     detector_class(args.detector)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +33,7 @@ from mtdistill.core.errors import UserError
 from mtdistill.core.processes import worker_pool
 from mtdistill.core.safeio import atomic_write_text
 from mtdistill.core.timing import SEARCH_RANGE
-from mtdistill.inference.sync import load_model, sync_video
+from mtdistill.inference.sync import check_model_options, load_model, sync_video
 from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.detectors import get_detector
 from mtdistill.models.presets import check_preset
@@ -292,16 +291,7 @@ def check_spec(spec: ModelSpec, workers: int = 1) -> nn.Module:
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers must be a whole number >= 1, got {workers}")
-    if spec.stride < 1:
-        raise UserError(f"--stride must be >= 1, got {spec.stride}")
-    if not 1 <= spec.vshift <= 50:
-        raise UserError(f"--vshift must be between 1 and 50 frames, got {spec.vshift}")
-    if spec.min_confidence is not None and not math.isfinite(spec.min_confidence):
-        raise UserError(f"--min-confidence must be a finite number, got {spec.min_confidence}")
-    if spec.detect_every is not None and spec.detect_every < 1:
-        raise UserError(f"--detect-every must be >= 1, got {spec.detect_every}")
-    if spec.rescan_every < 0:
-        raise UserError(f"--rescan-every must be >= 0, got {spec.rescan_every}")
+    check_model_options(spec.stride, spec.vshift, spec.min_confidence, spec.detect_every, spec.rescan_every)
     model = load_model(spec.checkpoint, spec.preset, spec.onnx, spec.kind)
     if not isinstance(model, SyncNet):
         check_preset(spec.preset or getattr(model, "preset", None))

@@ -10,6 +10,7 @@ The readout (offset, confidence, verdict) and the result types live in `mtdistil
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -128,6 +129,22 @@ def _windows(frames: np.ndarray, first: int, rel_starts: np.ndarray, preset: str
     """(W, 15, 48, 96) model windows from buffered RGB crops; rel_starts relative to ``first``."""
     last = first + int(rel_starts[-1]) + WINDOW_FRAMES
     return windows_to_video(frames_to_input(frames[first:last], preset), rel_starts)
+
+
+def check_model_options(
+    stride: int, vshift: int, min_confidence: float | None, detect_every: int | None, rescan_every: int
+) -> None:
+    """Refuse bad analysis options before any work (sync, score, fix and the API share it): one line each."""
+    if stride < 1:
+        raise UserError(f"--stride must be >= 1 (1 scores every window, 5 every fifth), got {stride}")
+    if not 1 <= vshift <= 50:
+        raise UserError(f"--vshift must be between 1 and 50 frames, got {vshift}")
+    if min_confidence is not None and not math.isfinite(min_confidence):
+        raise UserError(f"--min-confidence must be a finite number (e.g. 1.8), got {min_confidence}")
+    if detect_every is not None and detect_every < 1:
+        raise UserError(f"--detect-every must be >= 1 (1 = detect on every frame), got {detect_every}")
+    if rescan_every < 0:
+        raise UserError(f"--rescan-every must be >= 0 (0 = scan every detection frame whole), got {rescan_every}")
 
 
 def load_model(
