@@ -11,6 +11,7 @@ import torch
 
 from mtdistill.audio import load_audio, mel_window_start, utterance_mel
 from mtdistill.cli import main
+from mtdistill.core.devices import ACCELERATOR_BATCHES, CPU_BATCHES, batch_sizes
 from mtdistill.core.errors import UserError
 from mtdistill.data.synthetic import make_talking_video, write_mp4
 from mtdistill.inference.readout import SIGN_CONVENTION, readout_logits, verdict_for
@@ -115,6 +116,25 @@ def test_chunking_does_not_change_the_curve(crops_wave, tiny) -> None:
         assert acc.starts == list(range(crops.shape[0] - 4))
         curves.append(acc.curve())
     np.testing.assert_allclose(curves[0], curves[1], atol=1e-5)
+
+
+def test_batch_sizes_change_speed_not_scores(crops_wave, tiny) -> None:
+    """The CPU's small batches, the GPU's large ones and odd sizes give the same rows and null band."""
+    crops, wave = crops_wave
+    n_audio = n_audio_windows(len(wave))
+    starts = np.arange(0, crops.shape[0] - 4, 2)
+    windows = windows_to_video(frames_to_input(crops, "mtd"), starts)
+    cpu = PairScorer(tiny)
+    assert (cpu.chunk_pairs, cpu.encode_chunk) == (CPU_BATCHES.pairs, CPU_BATCHES.windows)
+    assert batch_sizes("cuda:0") == ACCELERATOR_BATCHES and batch_sizes("cpu") == CPU_BATCHES
+    runs = [
+        score_chunk(scorer, windows, starts, wave, n_audio, null_shift=n_audio // 2, null_width=33)
+        for scorer in (cpu, PairScorer(tiny, chunk_pairs=1024, encode_chunk=32), PairScorer(tiny, 7, 3))
+    ]
+    assert np.isfinite(runs[0][1]).all() and runs[0][1].shape == (len(starts), 33)
+    for rows, null in runs[1:]:
+        np.testing.assert_allclose(rows, runs[0][0], atol=1e-5)
+        np.testing.assert_allclose(null, runs[0][1], atol=1e-5)
 
 
 def test_readout_sign_confidence_and_verdict() -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mtdistill.core.devices import batch_sizes
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import FAITHFUL, Quirks, switched_off
 from mtdistill.core.timing import (
@@ -264,8 +266,8 @@ def candidate_logits_fast(
     model: nn.Module,
     video: torch.Tensor,
     audio: torch.Tensor,
-    chunk_pairs: int = 1024,
-    encode_chunk: int = 64,
+    chunk_pairs: int | None = None,
+    encode_chunk: int | None = None,
     skip: np.ndarray | None = None,
     progress: bool = False,
 ) -> np.ndarray:
@@ -278,6 +280,8 @@ def candidate_logits_fast(
     zero-padded candidates of a row are one input, scored once and shared (see `_tie_padding`).
     """
     n = video.shape[0]
+    sizes = batch_sizes(video.device)
+    chunk_pairs, encode_chunk = chunk_pairs or sizes.pairs, encode_chunk or sizes.windows
     vid_tok = _encode_chunked(model.encode_video, video, encode_chunk)  # (Tv, N, d)
     zero = torch.zeros((1, *audio.shape[1:]), dtype=audio.dtype, device=audio.device)
     aud_tok = _encode_chunked(model.encode_audio, torch.cat([audio, zero], dim=0), encode_chunk)  # (Ta, N+1, d)
@@ -330,7 +334,7 @@ def score_utterance(
     device: str | torch.device | None = None,
     fast: bool | None = None,
     quirks: Quirks | None = None,
-    chunk_pairs: int = 1024,
+    chunk_pairs: int | None = None,
     skip_masked: bool = True,
     progress: bool = False,
 ) -> UtteranceScores:
@@ -382,35 +386,12 @@ def score_utterance(
     return evaluate_logits(logits, lengths, official_edges, min_length=min_length)
 
 
-def utterance_accuracy(
-    model: nn.Module,
-    frames,
-    mel,
-    lengths: Sequence[int] = DEFAULT_LENGTHS,
-    official_edges: bool = True,
-    n_samples: int | None = None,
-    *,
-    device: str | torch.device | None = None,
-    fast: bool | None = None,
-    quirks: Quirks | None = None,
-    progress: bool = False,
-) -> dict[int, float]:
+def utterance_accuracy(model: nn.Module, frames, mel, *args: Any, **options: Any) -> dict[int, float]:
     """Per-utterance accuracy per context length K, as a fraction in [0, 1] (design.md §4.4).
 
-    The public API (ARCHITECTURE.md): any torch module mapping (video, mel) -> logits is accepted; the keyword
-    options are those of `score_utterance`. The protocol's quirks come from ``quirks`` (default: faithful);
-    ``official_edges=False`` is a shortcut for ``quirks.replace(eval_ifelif_edges=False)``.
+    The public API (ARCHITECTURE.md): any torch module mapping (video, mel) -> logits is accepted; every other
+    argument (lengths, official_edges, n_samples, device, fast, quirks, progress, ...) is that of
+    `score_utterance`. The protocol's quirks come from ``quirks`` (default: faithful); ``official_edges=False``
+    is a shortcut for ``quirks.replace(eval_ifelif_edges=False)``.
     """
-    scored = score_utterance(
-        model,
-        frames,
-        mel,
-        lengths,
-        official_edges,
-        n_samples,
-        device=device,
-        fast=fast,
-        quirks=quirks,
-        progress=progress,
-    )
-    return scored.accuracy
+    return score_utterance(model, frames, mel, *args, **options).accuracy

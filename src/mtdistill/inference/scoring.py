@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtdistill.core.devices import batch_sizes
 from mtdistill.core.timing import MEL_HOP, MEL_WINDOW, SAMPLES_PER_FRAME, SEARCH_RANGE, WINDOW_FRAMES, mel_window_start
 from mtdistill.media.audio import N_FFT, utterance_mel
 from mtdistill.models.vocalist import is_vocalist_family
@@ -61,21 +62,20 @@ class PairScorer:
     def __init__(
         self,
         model: nn.Module,
-        chunk_pairs: int = 1024,
-        encode_chunk: int = 32,
+        chunk_pairs: int | None = None,
+        encode_chunk: int | None = None,
         device: str | torch.device | None = None,
         bf16: bool = False,
     ) -> None:
         self.model = model
         self.bf16 = bool(bf16)
         self.fast = is_vocalist_family(model)
-        self.chunk_pairs = chunk_pairs
-        # the video prenet's first two layers hold (chunk, 2 * width_0, 48, 96, 5) floats: 32 windows keep the
-        # student under ~150 MB of activations (128 windows peaked at ~1 GB RSS)
-        self.encode_chunk = encode_chunk
         params = list(model.parameters())
         # an onnxruntime model has no torch parameters: its tensors live on the CPU
         self.device = torch.device(device or (params[0].device if params else "cpu"))
+        sizes = batch_sizes(self.device)
+        self.chunk_pairs = chunk_pairs or sizes.pairs
+        self.encode_chunk = encode_chunk or sizes.windows
         if params:
             model.to(self.device)
         model.eval()
