@@ -6,10 +6,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.outputs import check_output_folder
 
 HELP = "write a synthetic talking-face corpus (H.264 + AAC .mp4, LRS2 layout, filelists, known offsets)"
 
@@ -63,20 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _check_out(out: str) -> None:
-    """OUT must be a folder this process can write (checked before any video is rendered)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"OUT {path} is an existing file, not a folder; give a new folder (or a corpus to resume)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise UserError(f"cannot write the corpus in {path} ({reason}); choose a writable folder") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from mtdistill.data.synthetic import SPLITS, synth_corpus
 
@@ -89,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"bad --duration {args.duration}; use at least 0.5 s (and MIN <= MAX)")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
-    _check_out(args.out)
+    check_output_folder(args.out, "OUT")
     plans = synth_corpus(
         args.out,
         n_speakers=args.n_speakers,

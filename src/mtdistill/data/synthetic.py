@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -41,6 +42,10 @@ class Clip:
     jaw: np.ndarray  # (n,) mouth opening of the speaking face per frame (ground truth for checks)
     fps: float
     offset_frames: int
+    offset_ms: float
+    """The sound's lead in ms at the first frame (offset_frames x 40 ms at 25 fps unless given sample-precise)."""
+    drift: float = 0.0
+    """The sound runs (1 + drift) times as fast as the picture."""
 
 
 def _speaker_rng(seed: int, speaker: int) -> np.random.Generator:
@@ -111,7 +116,7 @@ def talking_clip(
                 canvas, app, sprites[i], poses[i][v], float(jaws[i][v]), float(widths[i][v]), float(blinks[i][v])
             )
         frames[v] = render.finish(canvas, looks[0], rng)
-    return Clip(frames=frames, audio=audio.astype(np.float32), jaw=jaws[0], fps=fps, offset_frames=offset_frames)
+    return Clip(frames, audio.astype(np.float32), jaws[0], fps, offset_frames, lead_s * 1000.0, float(drift))
 
 
 def detectable_look(
@@ -185,36 +190,25 @@ def write_mp4(
             out.mux(aus.encode(None))
 
 
-def make_talking_video(
-    path: str | Path,
-    seed: int,
-    duration_s: float = 3.0,
-    offset_frames: int = 0,
-    fps: float = ANALYSIS_FPS,
-    size: tuple[int, int] | None = None,
-    n_faces: int = 1,
-    speaker_seed: int | None = None,
-    offset_ms: float | None = None,
-    drift: float = 0.0,
-) -> dict:
+def make_talking_video(path: str | Path, seed: int, **options: Any) -> dict:
     """Write one synthetic talking-face .mp4; positive offset_frames = the audio leads the video.
 
     Returns {"path", "n_frames", "n_samples", "fps", "offset_frames", "offset_ms", "size", "n_faces"}.
-    size is (W, H), default (160 * n_faces, 160); face 0 (leftmost) is the one that speaks. offset_ms and
-    drift: see `talking_clip` (a sample-precise lead and a linear drift of the sound).
+    ``options`` are those of `talking_clip` (duration_s, offset_frames, fps, size, n_faces, speaker_seed,
+    offset_ms, drift). size is (W, H), default (160 * n_faces, 160); face 0 (leftmost) is the one that speaks.
     """
-    clip = talking_clip(seed, duration_s, offset_frames, fps, size, n_faces, speaker_seed, offset_ms, drift)
-    write_mp4(path, clip.frames, clip.audio, fps)
+    clip = talking_clip(seed, **options)
+    write_mp4(path, clip.frames, clip.audio, clip.fps)
     return {
         "path": str(path),
         "n_frames": int(clip.frames.shape[0]),
         "n_samples": int(clip.audio.shape[0]),
-        "fps": fps,
+        "fps": clip.fps,
         "offset_frames": int(clip.offset_frames),
-        "offset_ms": clip.offset_frames * 1000.0 / fps if offset_ms is None else float(offset_ms),
-        "drift": float(drift),
+        "offset_ms": clip.offset_ms,
+        "drift": clip.drift,
         "size": [int(clip.frames.shape[2]), int(clip.frames.shape[1])],
-        "n_faces": n_faces,
+        "n_faces": options.get("n_faces", 1),
     }
 
 
@@ -325,7 +319,8 @@ def _render_one(args: tuple[UttPlan, str, float, tuple[int, int]]) -> dict:
     path = Path(root) / plan.rel_path
     if path.exists():  # finished by an earlier (interrupted) run: files appear atomically
         return {"uid": plan.uid, "skipped": True}
-    make_talking_video(path, plan.seed, plan.duration_s, plan.offset_frames, fps, size, 1, plan.speaker_seed)
+    timing = {"duration_s": plan.duration_s, "offset_frames": plan.offset_frames, "fps": fps}
+    make_talking_video(path, plan.seed, size=size, speaker_seed=plan.speaker_seed, **timing)
     return {"uid": plan.uid, "skipped": False}
 
 

@@ -13,6 +13,7 @@ Combination rule for the baselines (design.md §2.5): ``BCE + alpha * L_distill`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partialmethod
 from typing import ClassVar
 
 import torch
@@ -293,51 +294,21 @@ class MTDLoss(DistillLoss):
 class NMTDLoss(MTDLoss):
     """NMTD (Eq. 3, uniform): BCE + alpha * sum of CAD + VR over the chosen layers (all 12 by default)."""
 
-    def __init__(
-        self,
-        layers: Iterable[object] | None = None,
-        terms: Sequence[str] = BEHAVIOURS,
-        alpha: float = 1.0,
-        tau: float = 1.0,
-        va_clamp: bool = True,
-        quirks: Quirks | Mapping[str, object] | None = None,
-        grad_clip: float | None = None,
-    ) -> None:
-        super().__init__("uniform", 25, layers, va_clamp, quirks, terms, tau, alpha, grad_clip)
+    __init__ = partialmethod(MTDLoss.__init__, "uniform", 25)
 
 
 @register("aw", family=VOCALIST)
 class AWLoss(MTDLoss):
     """Eq. 3 with automatic weighting, w = softmax(params), 13 or 25 learnable weights (design.md §2.4)."""
 
-    def __init__(
-        self,
-        n_weights: int = 25,
-        layers: Iterable[object] | None = None,
-        terms: Sequence[str] = BEHAVIOURS,
-        tau: float = 1.0,
-        va_clamp: bool = True,
-        quirks: Quirks | Mapping[str, object] | None = None,
-        grad_clip: float | None = None,
-    ) -> None:
-        super().__init__("aw", n_weights, layers, va_clamp, quirks, terms, tau, 1.0, grad_clip)
+    __init__ = partialmethod(MTDLoss.__init__, "aw")
 
 
 @register("minilm", family=VOCALIST)
 class MiniLMLoss(MTDLoss):
     """MiniLM*: BCE + CAD + VR of the last Fusion layer only, uniform weights (design.md §2.5, an inference)."""
 
-    def __init__(
-        self,
-        layers: Iterable[object] | None = ("F4",),
-        terms: Sequence[str] = BEHAVIOURS,
-        alpha: float = 1.0,
-        tau: float = 1.0,
-        va_clamp: bool = True,
-        quirks: Quirks | Mapping[str, object] | None = None,
-        grad_clip: float | None = None,
-    ) -> None:
-        super().__init__("uniform", 25, layers, va_clamp, quirks, terms, tau, alpha, grad_clip)
+    __init__ = partialmethod(MTDLoss.__init__, "uniform", 25, layers=("F4",))
 
 
 @register("kd", family=VOCALIST)

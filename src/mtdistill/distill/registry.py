@@ -73,11 +73,23 @@ def _ensure_builtin() -> None:
 
 
 def accepted_kwargs(cls: type) -> list[str] | None:
-    """Keyword names the loss constructor takes; None when it takes ``**kwargs`` (anything goes)."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return [n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    """Keyword names the loss constructor takes; None when it takes ``**kwargs`` that nothing names.
+
+    A constructor that passes ``**options`` on to its parent's accepts its own names and the parent's (followed up
+    the classes until a constructor without ``**kwargs``).
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.items()
+        names += [n for n, p in params if n != "self" and p.kind not in _VARIADIC and n not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for _, p in params):
+            return names
+    return None
+
+
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
 
 def losses_of(family: str) -> list[str]:

@@ -33,6 +33,7 @@ from mtdistill.inference.significance import (
 )
 from mtdistill.inference.standards import STANDARD_SIGN, STANDARDS, check_standards, judge_all
 from mtdistill.inference.subframe import subframe_offset
+from mtdistill.media.frames import MediaInfo
 
 SIGN_CONVENTION = (
     "offset_frames = video frame index - index of the best-matching audio window; "
@@ -160,6 +161,24 @@ class VerdictRule:
         if not self.significant(p, confidence):
             return "undetermined"
         return "in_sync" if abs(offset_frames) <= IN_SYNC_TOLERANCE else "out_of_sync"
+
+
+def file_result(path: object, info: MediaInfo, rule: VerdictRule, tracks: list[TrackResult], **fields) -> SyncResult:
+    """The `SyncResult` of the file ``path`` (probed as ``info``) whose ``tracks`` were judged by ``rule``;
+    ``fields``: model, preset, stride, vshift, timing."""
+    return SyncResult(
+        video=str(path),
+        duration_s=float(info.duration_s),
+        fps=float(ANALYSIS_FPS),
+        source_fps=float(info.fps),
+        n_frames=int(info.n_frames),
+        min_confidence=rule.min_confidence,
+        tracks=tracks,
+        alpha=rule.alpha,
+        verdict_rule=rule.text,
+        standard_windows=rule.windows(),
+        **fields,
+    )
 
 
 def curve_margin(rows: np.ndarray, higher_is_better: bool = True) -> float:

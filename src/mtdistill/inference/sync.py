@@ -22,10 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from mtdistill.core.errors import UserError
-from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SAMPLE_RATE, SEARCH_RANGE, WINDOW_FRAMES
+from mtdistill.core.timing import FRAME_MS, SAMPLE_RATE, SEARCH_RANGE, WINDOW_FRAMES
 from mtdistill.inference.face_tracks import find_tracks
 from mtdistill.inference.onnx_runtime import load_onnx_model
-from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track, readout_logits
+from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, file_result, judge_track, readout_logits
 from mtdistill.inference.scoring import CurveAccumulator, PairScorer, n_audio_windows, score_chunk
 from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.inference.syncnet_sync import sync_video_syncnet
@@ -230,19 +230,9 @@ def analyse_video(
         raise UserError(f"--vshift must be between 1 and 50 frames, got {vshift}")
     rule = VerdictRule.make(alpha, min_confidence, standards)
     if isinstance(model, SyncNet):
-        return sync_video_syncnet(
-            path,
-            model,
-            stride=stride,
-            vshift=vshift,
-            rule=rule,
-            full_frame=full_frame,
-            detector=detector,
-            device=device,
-            progress=progress,
-            detect_every=detect_every,
-            rescan_every=rescan_every,
-        )
+        faces = {"detector": detector, "detect_every": detect_every, "rescan_every": rescan_every}
+        run = {"stride": stride, "vshift": vshift, "device": device, "progress": progress}
+        return sync_video_syncnet(path, model, rule=rule, full_frame=full_frame, **faces, **run)
     preset = check_preset(preset or getattr(model, "preset", None))
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -302,20 +292,6 @@ def analyse_video(
     timing["total_s"] = time.perf_counter() - t0
     if not results:
         raise UserError(f"{path}: no face track overlaps the audio; nothing to score")
-    return SyncResult(
-        video=str(path),
-        duration_s=float(info.duration_s),
-        fps=float(ANALYSIS_FPS),
-        source_fps=float(info.fps),
-        n_frames=int(info.n_frames),
-        model=_model_name(model),
-        preset=preset,
-        stride=stride,
-        vshift=vshift,
-        min_confidence=rule.min_confidence,
-        tracks=results,
-        timing={k: round(v, 3) for k, v in timing.items()},
-        alpha=rule.alpha,
-        verdict_rule=rule.text,
-        standard_windows=rule.windows(),
-    )
+    rounded = {k: round(v, 3) for k, v in timing.items()}
+    about = {"model": _model_name(model), "preset": preset, "stride": stride, "vshift": vshift}
+    return file_result(path, info, rule, results, timing=rounded, **about)

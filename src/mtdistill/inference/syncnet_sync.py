@@ -31,7 +31,7 @@ from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import FAITHFUL, Quirks
 from mtdistill.core.timing import ANALYSIS_FPS, FRAME_MS, SEARCH_RANGE, WINDOW_FRAMES
 from mtdistill.inference.face_tracks import find_tracks
-from mtdistill.inference.readout import SyncResult, TrackResult, VerdictRule, judge_track
+from mtdistill.inference.readout import TrackResult, VerdictRule, file_result, judge_track
 from mtdistill.inference.significance import null_band_width, null_shift
 from mtdistill.media import DEFAULT_DETECTOR
 from mtdistill.media.audio import load_audio
@@ -218,23 +218,9 @@ def sync_video_syncnet(
         raise UserError(f"{path}: every face track is shorter than 6 frames with audio; nothing to score")
     lossless = "" if quirks.syncnet_jpeg_roundtrip else ", lossless inputs"
     t2 = time.perf_counter()
-    return SyncResult(
-        video=str(path),
-        duration_s=float(info.duration_s),
-        fps=float(ANALYSIS_FPS),
-        source_fps=float(info.fps),
-        n_frames=int(info.n_frames),
-        model=f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params{lossless})",
-        preset=None,
-        stride=stride,
-        vshift=vshift,
-        min_confidence=rule.min_confidence,
-        tracks=results,
-        timing={"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)},
-        alpha=rule.alpha,
-        verdict_rule=rule.text,
-        standard_windows=rule.windows(),
-    )
+    name = f"SyncNet ({sum(p.numel() for p in net.parameters()):,} params{lossless})"
+    timing = {"faces_s": round(t1 - t0, 3), "crops_and_model_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3)}
+    return file_result(path, info, rule, results, model=name, preset=None, stride=stride, vshift=vshift, timing=timing)
 
 
 def _decoded_yuv420p(path: str | os.PathLike) -> Iterator[tuple[np.ndarray, bool]]:

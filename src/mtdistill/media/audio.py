@@ -27,14 +27,7 @@ import torch
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import Quirks
 from mtdistill.core.timing import MEL_HOP, MEL_WINDOW, SAMPLE_RATE, WINDOW_SAMPLES, mel_window_start
-from mtdistill.media.decode import (
-    container_origin,
-    decode_error,
-    note_decode_error,
-    note_decoded_end,
-    open_media,
-    stream_start,
-)
+from mtdistill.media import decode
 
 N_FFT = 800
 WIN = 800
@@ -66,11 +59,11 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     """
     if sr <= 0:
         raise UserError(f"sample rate must be positive, got {sr}")
-    with open_media(path) as container:
+    with decode.open_media(path) as container:
         if not container.streams.audio:
             raise UserError(f"{path}: no audio stream; this step needs sound (use a file with an audio track)")
         stream = container.streams.audio[0]
-        origin = container_origin(container)
+        origin = decode.container_origin(container)
         native_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
         # format conversion only (layout and rate kept): every sample format becomes planar float32
         to_float = av.AudioResampler(format="fltp")
@@ -87,20 +80,22 @@ def load_audio(path: str | os.PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
                 pieces.append(out.to_ndarray().mean(axis=0, dtype=np.float64).astype(np.float32))
         except av.error.FFmpegError as exc:
             if not pieces:
-                raise decode_error(path, exc) from None
+                raise decode.decode_error(path, exc) from None
             # a truncated tail: keep what decoded (documented in docs/media.md), and say so to the active report
-            note_decode_error(path, "audio", exc, sum(len(x) for x in pieces) / max(native_rate, 1), stopped=True)
+            decode.note_decode_error(
+                path, "audio", exc, sum(len(x) for x in pieces) / max(native_rate, 1), stopped=True
+            )
         if not pieces or native_rate <= 0:
             raise UserError(f"{path}: the audio stream holds no decodable samples; check the file")
         wave = np.concatenate(pieces)
         if first_time is None:
-            first_time = stream_start(stream, origin)
+            first_time = decode.stream_start(stream, origin)
     lead = int(round(float(first_time - origin) * native_rate))
     if lead > 0:
         wave = np.concatenate([np.zeros(lead, np.float32), wave])
     elif lead < 0:
         wave = wave[-lead:]
-    note_decoded_end(path, "audio", len(wave) / native_rate)
+    decode.note_decoded_end(path, "audio", len(wave) / native_rate)
     return resample(wave, native_rate, sr)
 
 

@@ -18,6 +18,7 @@ import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -61,13 +62,28 @@ Region = tuple[int, int, int, int]
 """x1, y1, x2, y2 in frame pixels (x2 / y2 exclusive)."""
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where and what a region search looks for, in the downscaled frame's pixels: the part of it (`_crop`) and
+    the face sizes (None = the detector's default minimum / no maximum)."""
+
+    region: Region | None
+    min_side: float | None
+    max_side: float | None
+
+
 class RegionFaceDetector(FaceDetector):
-    """A detector that can also search part of a frame for faces of a given size (what `detect_near` uses)."""
+    """A detector that can also search part of a frame for faces of a given size (what `detect_near` uses).
+
+    Subclasses implement `_find` on the frame downscaled to `detect_size`; this class checks the frame and maps
+    the boxes back to frame pixels.
+    """
+
+    detect_size: int = DETECT_SIZE
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
         return self.detect_region(rgb)
 
-    @abstractmethod
     def detect_region(
         self,
         rgb: np.ndarray,
@@ -77,14 +93,36 @@ class RegionFaceDetector(FaceDetector):
     ) -> np.ndarray:
         """Faces inside `region` (None = the whole frame) whose size lies in [`min_side`, `max_side`] frame
         pixels (None = the detector's default minimum / no maximum), as (K, 5) boxes in frame coordinates."""
+        _check_frame(rgb)
+        small, scale = _downscaled(rgb, self.detect_size)
+        sizes = [None if x is None else x / scale for x in (min_side, max_side)]
+        scaled = None if region is None else _scaled(region, scale)
+        boxes, ox, oy = self._find(small, Search(scaled, *sizes))
+        if len(boxes) == 0:
+            return np.zeros((0, 5), np.float32)
+        out = np.array(boxes, np.float32).reshape(-1, 5)
+        out[:, :4] += np.array([ox, oy, ox, oy], np.float32)
+        out[:, :4] *= scale
+        return out
+
+    @abstractmethod
+    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+        """Faces in the downscaled frame ``small`` -> ((K, 5) boxes in the pixels of the part searched, that
+        part's top-left corner in ``small``)."""
 
 
-def _crop(img: np.ndarray, region: Region | None, scale: float) -> tuple[np.ndarray, int, int]:
-    """The part of a frame downscaled by `scale` that covers `region` (frame pixels), and its top-left corner."""
+def _scaled(region: Region, scale: float) -> Region:
+    """A frame-pixel region in the pixels of the frame downscaled by `scale` (outwards to whole pixels)."""
+    x1, y1, x2, y2 = region
+    return int(x1 / scale), int(y1 / scale), int(np.ceil(x2 / scale)), int(np.ceil(y2 / scale))
+
+
+def _crop(img: np.ndarray, region: Region | None) -> tuple[np.ndarray, int, int]:
+    """The part of the downscaled frame `img` that `region` (its pixels, `_scaled`) covers, and its corner."""
     if region is None:
         return img, 0, 0
-    ox, oy = int(region[0] / scale), int(region[1] / scale)
-    return img[oy : int(np.ceil(region[3] / scale)), ox : int(np.ceil(region[2] / scale))], ox, oy
+    x1, y1, x2, y2 = region
+    return img[y1:y2, x1:x2], x1, y1
 
 
 class HaarDetector(RegionFaceDetector):
@@ -116,24 +154,14 @@ class HaarDetector(RegionFaceDetector):
         self.detect_size = detect_size
         self.shift_down = shift_down
 
-    def detect_region(
-        self,
-        rgb: np.ndarray,
-        region: Region | None = None,
-        min_side: float | None = None,
-        max_side: float | None = None,
-    ) -> np.ndarray:
+    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         # the histogram is equalised over the whole frame, so a face scores the same in a region as in a full
         # scan (`detect_near` relies on it)
-        _check_frame(rgb)
-        small, scale = _downscaled(rgb, self.detect_size)
-        gray, ox, oy = _crop(cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)), region, scale)
-        side = max(12, int(min(small.shape[:2]) * self.min_size_frac))
-        if min_side is not None:
-            side = max(12, int(min_side / scale))
-        biggest = (0, 0) if max_side is None else (int(max_side / scale),) * 2
+        gray, ox, oy = _crop(cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)), search.region)
+        side = max(12, int(min(small.shape[:2]) * self.min_size_frac if search.min_side is None else search.min_side))
+        biggest = (0, 0) if search.max_side is None else (int(search.max_side),) * 2
         if min(gray.shape) < side:
-            return np.zeros((0, 5), np.float32)
+            return np.zeros((0, 5), np.float32), ox, oy
         rects, _levels, weights = self._cascade.detectMultiScale3(
             gray,
             scaleFactor=self.scale_factor,
@@ -143,13 +171,11 @@ class HaarDetector(RegionFaceDetector):
             outputRejectLevels=True,
         )
         if len(rects) == 0:
-            return np.zeros((0, 5), np.float32)
-        rects = np.asarray(rects, np.float32).reshape(-1, 4)
+            return np.zeros((0, 5), np.float32), ox, oy
+        x, y, w, h = np.asarray(rects, np.float32).reshape(-1, 4).T
+        y = y + self.shift_down * h
         scores = np.asarray(weights, np.float32).reshape(-1)
-        x, y, w, h = rects.T
-        x, y = x + ox, y + oy + self.shift_down * h
-        boxes = np.stack([x, y, x + w, y + h], axis=1) * scale
-        return np.concatenate([boxes, scores[:, None]], axis=1).astype(np.float32)
+        return np.stack([x, y, x + w, y + h, scores], axis=1), ox, oy
 
 
 MTCNN_MISSING = (
@@ -182,34 +208,21 @@ class MtcnnDetector(RegionFaceDetector):
         self.threshold = threshold
         self.detect_size = detect_size
 
-    def detect_region(
-        self,
-        rgb: np.ndarray,
-        region: Region | None = None,
-        min_side: float | None = None,
-        max_side: float | None = None,
-    ) -> np.ndarray:
+    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         # MTCNN sees only the cropped region (its boxes differ a little from whole-frame ones, docs/media.md)
-        _check_frame(rgb)
-        small, scale = _downscaled(rgb, self.detect_size)
-        smallest = min(small.shape[:2]) * self._min_face_frac
-        small, ox, oy = _crop(small, region, scale)
-        self._model.min_face_size = max(20, int(smallest if min_side is None else min_side / scale))
+        smallest = min(small.shape[:2]) * self._min_face_frac if search.min_side is None else search.min_side
+        small, ox, oy = _crop(small, search.region)
+        self._model.min_face_size = max(20, int(smallest))
         if min(small.shape[:2]) < self._model.min_face_size:
-            return np.zeros((0, 5), np.float32)
+            return np.zeros((0, 5), np.float32), ox, oy
         found = self._model.detect_faces(np.ascontiguousarray(small))
         rows = [
             [f["box"][0], f["box"][1], f["box"][0] + f["box"][2], f["box"][1] + f["box"][3], f["confidence"]]
             for f in found
             if f["confidence"] >= self.threshold
-            and (max_side is None or max(f["box"][2], f["box"][3]) <= max_side / scale)
+            and (search.max_side is None or max(f["box"][2], f["box"][3]) <= search.max_side)
         ]
-        if not rows:
-            return np.zeros((0, 5), np.float32)
-        out = np.asarray(rows, np.float32)
-        out[:, :4] += np.array([ox, oy, ox, oy], np.float32)
-        out[:, :4] *= scale
-        return out
+        return np.asarray(rows, np.float32).reshape(-1, 5), ox, oy
 
 
 RETINAFACE_ONNX = Path(__file__).resolve().parents[1] / "resources" / "retinaface_mnet025.onnx"
@@ -327,40 +340,25 @@ class RetinaFaceDetector(RegionFaceDetector):
         idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), boxes[:, 4].tolist(), self.threshold, self.nms_iou))
         return boxes[idx.reshape(-1)].astype(np.float32)
 
-    def detect_region(
-        self,
-        rgb: np.ndarray,
-        region: Region | None = None,
-        min_side: float | None = None,
-        max_side: float | None = None,
-    ) -> np.ndarray:
-        _check_frame(rgb)
-        small, scale = _downscaled(rgb, self.detect_size)
-        small, ox, oy = _crop(small, region, scale)
+    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+        small, ox, oy = _crop(small, search.region)
         f = 1.0
-        if region is not None and min_side is not None and max_side is not None:
+        if search.region is not None and search.min_side is not None and search.max_side is not None:
             # a region search for a big face: shrink the region so the face is about `region_face` px wide
             # (the network finds faces of 16-500 px; a 300 px face costs as much as a whole frame otherwise)
-            face = float(np.sqrt(min_side * max_side)) / scale
+            face = float(np.sqrt(search.min_side * search.max_side))
             if face > self.region_face:
                 f = self.region_face / face
                 h, w = small.shape[:2]
                 small = cv2.resize(small, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
         if min(small.shape[:2]) < self.min_face:
-            return np.zeros((0, 5), np.float32)
+            return np.zeros((0, 5), np.float32), ox, oy
         out = self._run(np.ascontiguousarray(small))
         out[:, :4] /= f
-        if len(out) and (min_side is not None or max_side is not None):
-            side = np.maximum(out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]) * scale
-            ok = np.ones(len(out), bool)
-            if min_side is not None:
-                ok &= side >= min_side
-            if max_side is not None:
-                ok &= side <= max_side
-            out = out[ok]
-        out[:, :4] += np.array([ox, oy, ox, oy], np.float32)
-        out[:, :4] *= scale
-        return out
+        side = np.maximum(out[:, 2] - out[:, 0], out[:, 3] - out[:, 1])
+        lo = -np.inf if search.min_side is None else search.min_side
+        hi = np.inf if search.max_side is None else search.max_side
+        return out[(side >= lo) & (side <= hi)], ox, oy
 
 
 REGION_MARGIN = 0.75

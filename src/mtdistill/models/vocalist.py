@@ -12,8 +12,6 @@ State-dict keys and shapes are those of the official checkpoints, so ``load_stat
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mtdistill import __version__
 from mtdistill.core.errors import UserError
 from mtdistill.core.quirks import Quirks
-from mtdistill.core.safeio import atomic_path, safe_torch_load
+from mtdistill.core.safeio import safe_torch_load
 from mtdistill.models.presets import PRESETS
+from mtdistill.models.weights import METADATA_KEY, read_weights, save_weights
 from mtdistill.nn.crossmodal import CrossModalEncoder
 
 FORMAT = "mtdistill-vocalist/1"
@@ -208,25 +206,8 @@ class VocaLiST(nn.Module):
     # ---- checkpoints ----
     def save_checkpoint(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write weights + config + preset + provenance as one safetensors file, atomically."""
-        from safetensors.torch import save_file
-
-        meta = {
-            "format": FORMAT,
-            "config": asdict(self.config),
-            "preset": self.preset,
-            "quirks": asdict(self.quirks),
-            "provenance": {
-                "mtdistill": __version__,
-                "torch": torch.__version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **(extra or {}),
-            },
-        }
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"mtdistill": json.dumps(meta)})
-        return path
+        record = {"format": FORMAT, "config": asdict(self.config), "preset": self.preset, "quirks": asdict(self.quirks)}
+        return save_weights(self, path, record, extra)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, preset: str | None = None) -> VocaLiST:
@@ -290,8 +271,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     obj = safe_torch_load(path)
     if isinstance(obj, dict):
         meta = None
-        if isinstance(obj.get("mtdistill"), dict):
-            meta = obj["mtdistill"]
+        if isinstance(obj.get(METADATA_KEY), dict):
+            meta = obj[METADATA_KEY]
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
@@ -307,15 +288,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("mtdistill")
-            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file, or truncated ({exc})") from None
-    meta = json.loads(raw) if raw else None
+    meta, state = read_weights(path)
     if meta is not None and meta.get("format") != FORMAT:
         raise UserError(f"{path}: checkpoint format {meta.get('format')!r} is not {FORMAT!r}")
     return state, meta

@@ -79,20 +79,26 @@ class OptimSection:
 
 
 @dataclass(kw_only=True)
-class TrainerSection:
-    epochs: int = 80
+class LightningSection:
+    """The Lightning Trainer options both systems' recipes share (``trainer:``)."""
+
     precision: Literal["32", "bf16-mixed", "16-mixed", 32] = "32"
-    accumulate_grad_batches: int = 1
     devices: int | str | list = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
     accelerator: str = "auto"
-    val_every: int = 1
     log_every_n_steps: int = 10
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
     progress_bar: bool = True
     deterministic: bool = False
+
+
+@dataclass(kw_only=True)
+class TrainerSection(LightningSection):
+    epochs: int = 80
+    accumulate_grad_batches: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    val_every: int = 1
     stop_at_val_f1: float | None = None
     """Stop once the validation weighted F1 reaches this (small models leave the BCE plateau at a run-to-run
     varying step: a generous epoch budget plus this stop keeps short runs short); null = run all epochs."""

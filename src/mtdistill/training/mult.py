@@ -33,6 +33,7 @@ from mtdistill.models.mult import MulT, MulTConfig, load_mult_checkpoint, resolv
 from mtdistill.models.mult.students import StudentConfig, configuration, student_for
 from mtdistill.training.checkpoints import ResumableStateMixin, read_checkpoint_step, seed_epoch
 from mtdistill.training.config import (
+    LightningSection,
     apply_overrides,
     check_run_name,
     dump_config,
@@ -72,16 +73,8 @@ class MultOptimSection:
 
 
 @dataclass(kw_only=True)
-class MultTrainerSection:
+class MultTrainerSection(LightningSection):
     epochs: int = 100
-    accelerator: str = "auto"
-    devices: int | str | list = 1
-    precision: str = "32"
-    log_every_n_steps: int = 10
-    limit_train_batches: float | None = None
-    limit_val_batches: float | None = None
-    progress_bar: bool = True
-    deterministic: bool = False
     threads: int | None = None
     """torch CPU threads; 1 avoids OpenMP spin contention on busy small machines."""
 

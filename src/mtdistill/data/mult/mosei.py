@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.inputs import file_or_folder
 from mtdistill.metrics.mult import sentiment_to_class7
 
 SPLITS = ("train", "valid", "test")
@@ -53,12 +54,8 @@ class MoseiSplit:
 
 def resolve_pickle(path: str | Path) -> Path:
     """Accept the pickle itself or a folder holding ``mosei_senti_data_noalign.pkl``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / MULT_FILE
-    if not p.is_file():
-        raise UserError(f"MOSEI pickle not found at {p}; pass MulT's {MULT_FILE} or run `mtdistill mult synth OUT`")
-    return p
+    missing = f"MOSEI pickle not found at {{path}}; pass MulT's {MULT_FILE} or run `mtdistill mult synth OUT`"
+    return file_or_folder(path, MULT_FILE, missing)
 
 
 _NUMPY_GLOBALS = {

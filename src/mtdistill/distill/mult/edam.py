@@ -178,20 +178,9 @@ class EDAMSLoss(EDAMLoss):
 class EDAMTLoss(EDAMLoss):
     """EDAM-T: the teacher maps are resampled to the student's shape by learned Linear layers (built in setup)."""
 
-    def __init__(
-        self,
-        pairs: Any = None,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        tau: float = 1.0,
-        tau_squared: bool = False,
-        heads: str = "per_head",
-        layers: Any = "all",
-        pair_reduce: str = "mean",
-        direction: str = "teacher_target",
-        freeze_after: int | None = None,
-    ) -> None:
-        super().__init__(pairs, alpha, beta, tau, tau_squared, heads, layers, pair_reduce, direction)
+    def __init__(self, freeze_after: int | None = None, **options: Any) -> None:
+        """``options``: those of `EDAMLoss`."""
+        super().__init__(**options)
         self.resamplers = nn.ModuleDict()
         self.freeze_after = freeze_after  # training steps after which the resamplers stop learning (drift guard)
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))

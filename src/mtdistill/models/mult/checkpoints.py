@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 from mtdistill.core.errors import UserError
+from mtdistill.core.inputs import file_or_folder
 from mtdistill.core.runs import MODEL_BEST
 from mtdistill.models.mult.format import FORMAT, read_model_file
 from mtdistill.models.mult.students import StudentConfig, VideoStudent
@@ -34,9 +35,5 @@ def load_mult_checkpoint(path: str | Path) -> nn.Module:
 
 def resolve_model_file(run_or_file: str | Path) -> Path:
     """A run folder (its model_best.safetensors) or a checkpoint file."""
-    p = Path(run_or_file)
-    if p.is_dir():
-        p = p / MODEL_BEST
-    if not p.is_file():
-        raise UserError(f"{p} not found; train that run first (mtdistill mult train CONFIG) or fix teacher.run")
-    return p
+    missing = "{path} not found; train that run first (mtdistill mult train CONFIG) or fix teacher.run"
+    return file_or_folder(run_or_file, MODEL_BEST, missing)

@@ -179,30 +179,12 @@ class MulT(nn.Module):
     ``MulT(**SEED_TEACHER)`` is the seed paper's setting. Inputs are batch-first (B, T, D) feature sequences.
     """
 
-    def __init__(
-        self,
-        orig_dims: tuple[int, int, int] = (300, 74, 35),
-        d: int = 30,
-        layers: int = 5,
-        heads: int = 5,
-        kernel_sizes: tuple[int, int, int] = (1, 1, 1),
-        output_dim: int = 1,
-        mode: str = "full",
-        config: MulTConfig | None = None,
-        **options: Any,
-    ) -> None:
+    def __init__(self, config: MulTConfig | None = None, **options: Any) -> None:
+        """``config``, or the `MulTConfig` fields as keywords (orig_dims, d, layers, heads, kernel_sizes, ...)."""
         super().__init__()
-        if config is None:
-            config = MulTConfig(
-                orig_dims=orig_dims,
-                d=d,
-                layers=layers,
-                heads=heads,
-                kernel_sizes=kernel_sizes,
-                output_dim=output_dim,
-                mode=mode,
-                **options,
-            )
+        if config is not None and options:
+            raise UserError(f"give MulT either config= or its fields, not both (got {', '.join(options)})")
+        config = config if config is not None else MulTConfig(**options)
         self.config = cfg = config
         self.proj = nn.ModuleDict()
         for m, in_dim, k in zip(MODALITIES, cfg.orig_dims, cfg.kernel_sizes, strict=True):
