@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mtdistill.core.errors import UserError
-from mtdistill.faces import HaarDetector, detect_near, get_detector, iou_matrix, nms
+from mtdistill.faces import HaarDetector, RegionFaceDetector, Search, detect_near, get_detector, iou_matrix, nms
 from mtdistill.media.testmedia import draw_face, face_frame_fn, write_video
 from mtdistill.video import crop_face, crop_mouth, iter_mouth_crops, mouth_crops, track_faces
 
@@ -306,3 +306,30 @@ def test_iter_mouth_crops_chunks_match_mouth_crops(tmp_path) -> None:
     # the lower half starts at the nose (skin) and holds the dark mouth
     assert np.median(whole.crops[:, :4, 40:56, 0]) > 180
     assert np.median(whole.crops[:, 5:30, 30:66, 0].min(axis=(1, 2))) < 110
+
+
+class _FixedBox(RegionFaceDetector):
+    """A plug-in that implements only find_scaled: one face at a fixed place in whatever part it is shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[tuple[int, ...], Search]] = []
+
+    def find_scaled(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+        self.seen.append((small.shape, search))
+        x0, y0 = (0, 0) if search.region is None else search.region[:2]
+        return np.array([[10, 20, 30, 40, 0.9]], np.float32), x0, y0
+
+
+def test_region_detector_plugin_gets_scaled_search_and_boxes_map_back() -> None:
+    det = _FixedBox()
+    frame = np.zeros((720, 1280, 3), np.uint8)  # longer side 1280 -> the detector sees 640x360 (scale 2)
+    whole = det.detect(frame)
+    np.testing.assert_allclose(whole, [[20, 40, 60, 80, 0.9]])
+    part = det.detect_region(frame, region=(101, 200, 501, 601), min_side=80, max_side=200)
+    np.testing.assert_allclose(part, [[120, 240, 160, 280, 0.9]])  # corner (50, 100) in the small image
+    (shape0, s0), (shape1, s1) = det.seen
+    assert shape0 == shape1 == (360, 640, 3)
+    assert s0 == Search(None, None, None)
+    assert s1 == Search((50, 100, 251, 301), 40.0, 100.0)  # region outwards to whole pixels, sizes halved
+    with pytest.raises(UserError, match="RGB uint8"):
+        det.detect(np.zeros((10, 10), np.uint8))

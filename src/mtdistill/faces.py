@@ -8,6 +8,7 @@ from mtdistill.media.detectors import (
     MtcnnDetector,
     RegionFaceDetector,
     RetinaFaceDetector,
+    Search,
     detect_near,
     get_detector,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "MtcnnDetector",
     "RegionFaceDetector",
     "RetinaFaceDetector",
+    "Search",
     "TrackCrops",
     "detect_near",
     "get_detector",

@@ -75,7 +75,7 @@ class Search:
 class RegionFaceDetector(FaceDetector):
     """A detector that can also search part of a frame for faces of a given size (what `detect_near` uses).
 
-    Subclasses implement `_find` on the frame downscaled to `detect_size`; this class checks the frame and maps
+    Subclasses implement `find_scaled` on the frame downscaled to `detect_size`; this class checks the frame and maps
     the boxes back to frame pixels.
     """
 
@@ -97,7 +97,7 @@ class RegionFaceDetector(FaceDetector):
         small, scale = _downscaled(rgb, self.detect_size)
         sizes = [None if x is None else x / scale for x in (min_side, max_side)]
         scaled = None if region is None else _scaled(region, scale)
-        boxes, ox, oy = self._find(small, Search(scaled, *sizes))
+        boxes, ox, oy = self.find_scaled(small, Search(scaled, *sizes))
         if len(boxes) == 0:
             return np.zeros((0, 5), np.float32)
         out = np.array(boxes, np.float32).reshape(-1, 5)
@@ -106,7 +106,7 @@ class RegionFaceDetector(FaceDetector):
         return out
 
     @abstractmethod
-    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+    def find_scaled(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         """Faces in the downscaled frame ``small`` -> ((K, 5) boxes in the pixels of the part searched, that
         part's top-left corner in ``small``)."""
 
@@ -154,7 +154,7 @@ class HaarDetector(RegionFaceDetector):
         self.detect_size = detect_size
         self.shift_down = shift_down
 
-    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+    def find_scaled(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         # the histogram is equalised over the whole frame, so a face scores the same in a region as in a full
         # scan (`detect_near` relies on it)
         gray, ox, oy = _crop(cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)), search.region)
@@ -208,7 +208,7 @@ class MtcnnDetector(RegionFaceDetector):
         self.threshold = threshold
         self.detect_size = detect_size
 
-    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+    def find_scaled(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         # MTCNN sees only the cropped region (its boxes differ a little from whole-frame ones, docs/media.md)
         smallest = min(small.shape[:2]) * self._min_face_frac if search.min_side is None else search.min_side
         small, ox, oy = _crop(small, search.region)
@@ -340,7 +340,7 @@ class RetinaFaceDetector(RegionFaceDetector):
         idx = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), boxes[:, 4].tolist(), self.threshold, self.nms_iou))
         return boxes[idx.reshape(-1)].astype(np.float32)
 
-    def _find(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
+    def find_scaled(self, small: np.ndarray, search: Search) -> tuple[np.ndarray, int, int]:
         small, ox, oy = _crop(small, search.region)
         f = 1.0
         if search.region is not None and search.min_side is not None and search.max_side is not None:
