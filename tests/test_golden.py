@@ -22,9 +22,9 @@ the layering refactor of issue 13; the tests recompute every value and compare:
     capture=True)``) of a fixed-weight tiny teacher and an even smaller student, every logged term
     (``loss.terms``) and the student's gradient norm after one backward, to 1e-6 relative.
 
-The clip is committed rather than rendered by the test: ``mtdistill synth`` renders the same frames and audio
-for a seed, but its libx264 encoding is not bit-reproducible from run to run (the decoded frames differ slightly,
-enough to move the sync confidence at the 1e-4 level), so a clip made at test time would not give fixed values.
+The clip is committed rather than rendered by the test: it was encoded before `write_mp4` turned off libx264's
+macroblock tree, whose encodes were not bit-reproducible run to run (decoded frames differed slightly, enough to
+move the sync confidence at the 1e-4 level), and a committed file also pins the encoder build.
 ``--write`` makes it with ``mtdistill synth`` (CLIP_SEED, CLIP_OFFSET) when it is missing.
 
 Weights are set per state-dict key from a generator seeded by the key's name, so they do not depend on the order
